@@ -1,0 +1,285 @@
+"""Transport shared by every generated operation module: send, decode, map errors.
+
+Nothing here knows a particular operation; the operation modules pass their paths, models and
+stream event types. Every failure surfaces as an ``MCPError`` subclass: a malformed,
+truncated or wrong-version response never leaks a KeyError, TypeError or JSONDecodeError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from . import errors
+from .constants import PROTOCOL_VERSION
+from .converter import StructureError, structure, unstructure
+from .models import ErrorObject
+from .sse import SSEDecoder
+
+T = TypeVar("T")
+
+JSON_TYPES = ("application/json",)
+SSE_TYPE = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Response(Generic[T]):
+    """A parsed response with its HTTP details (what ``asyncio_detailed`` returns)."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    request_id: str | None
+    parsed: T
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    return headers.get("X-Request-ID")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _raise_for_error(
+    error: Any, http_status: int, request_id: str | None, headers: Mapping[str, str]
+) -> None:
+    cls = errors.exception_for_code(str(error.code.value))
+    details = dict(error.details or {})
+    raise cls(
+        error.message,
+        code=str(error.code.value),
+        http_status=http_status,
+        request_id=request_id,
+        details=details,
+        retry_after=_retry_after(headers),
+    )
+
+
+def _unexpected(
+    message: str, status: int, request_id: str | None, headers: Mapping[str, str]
+) -> errors.MCPError:
+    """An answer that is not a protocol message: classify by HTTP status."""
+    if status >= 500:
+        return errors.MCPServerError(
+            message, http_status=status, request_id=request_id, retry_after=_retry_after(headers)
+        )
+    if status == 429:
+        return errors.MCPRateLimitError(
+            message, http_status=status, request_id=request_id, retry_after=_retry_after(headers)
+        )
+    if status == 408:
+        return errors.MCPTimeoutError(message, http_status=status, request_id=request_id)
+    return errors.MCPProtocolError(message, http_status=status, request_id=request_id)
+
+
+def check_version(version: object, status: int, request_id: str | None) -> None:
+    """Reject a message of another protocol YEAR (MINOR bumps are compatible)."""
+    if not isinstance(version, str) or version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
+        raise errors.MCPProtocolVersionError(
+            f"server speaks protocol_version {version!r}; this SDK speaks {PROTOCOL_VERSION}",
+            code="protocol_version_mismatch",
+            http_status=status,
+            request_id=request_id,
+        )
+
+
+def decode_envelope(
+    body: bytes, status: int, headers: Mapping[str, str], content_type: str, model: type[T]
+) -> T:
+    """Decode a JSON response envelope into ``model``; raise the error it carries, if any."""
+    request_id = _request_id(headers)
+    if content_type not in JSON_TYPES:
+        raise _unexpected(
+            f"unexpected content type {content_type or 'none'!r} (HTTP {status})",
+            status,
+            request_id,
+            headers,
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _unexpected(f"malformed JSON response (HTTP {status}): {exc}", status, request_id,
+                          headers) from None
+    if not isinstance(data, dict):
+        raise errors.MCPProtocolError(
+            f"response is a JSON {type(data).__name__}, not an object",
+            http_status=status,
+            request_id=request_id,
+        )
+    check_version(data.get("protocol_version"), status, request_id)
+    try:
+        envelope: Any = structure(data, model)
+    except StructureError as exc:
+        raise errors.MCPProtocolError(
+            f"malformed {model.__name__}: {exc}",
+            http_status=status,
+            request_id=request_id,
+            details={"path": exc.path},
+        ) from None
+    if envelope.status.value == "error":
+        if envelope.error is None:
+            raise errors.MCPProtocolError(
+                "error response without an error object", http_status=status, request_id=request_id
+            )
+        _raise_for_error(envelope.error, status, request_id, headers)
+    elif envelope.output is None:
+        raise errors.MCPProtocolError(
+            "success response without an output", http_status=status, request_id=request_id
+        )
+    return envelope  # type: ignore[no-any-return]
+
+
+def raise_error_answer(
+    body: bytes, status: int, headers: Mapping[str, str], content_type: str
+) -> None:
+    """Raise the error an envelope carries; return when the body is no error envelope."""
+    if content_type not in JSON_TYPES:
+        return
+    request_id = _request_id(headers)
+    try:
+        data = orjson.loads(body)
+        check_version(data.get("protocol_version"), status, request_id)
+        if data.get("status") != "error":
+            return
+        error = structure(data["error"], ErrorObject)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, StructureError):
+        return
+    _raise_for_error(error, status, request_id, headers)
+
+
+def _url(base_url: str, path: str, path_params: Mapping[str, str]) -> str:
+    for key, value in path_params.items():
+        path = path.replace("{" + key + "}", quote(value, safe=""))
+    return base_url.rstrip("/") + path
+
+
+def _body(body: Any) -> bytes | None:
+    return None if body is None else orjson.dumps(unstructure(body))
+
+
+def _headers(headers: Mapping[str, str] | None, has_body: bool, accept: str) -> dict[str, str]:
+    out = {"Accept": accept}
+    if has_body:
+        out["Content-Type"] = "application/json"
+    if headers:
+        out.update(headers)
+    return out
+
+
+def _query(query: Any) -> dict[str, str] | None:
+    if query is None:
+        return None
+    raw = unstructure(query)
+    return {k: str(v) for k, v in raw.items() if v is not None}
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    *,
+    method: str,
+    path: str,
+    model: type[T],
+    body: Any = None,
+    query: Any = None,
+    path_params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Response[T]:
+    """Send one request and decode its response envelope."""
+    payload = _body(body)
+    try:
+        async with session.request(
+            method,
+            _url(base_url, path, path_params or {}),
+            data=payload,
+            params=_query(query),
+            headers=_headers(headers, payload is not None, "application/json"),
+            timeout=aiohttp.ClientTimeout(total=timeout) if timeout is not None else None,
+        ) as resp:
+            raw = await resp.read()
+            status, resp_headers, ctype = resp.status, resp.headers, resp.content_type
+    except TimeoutError as exc:
+        raise errors.MCPTimeoutError(
+            f"no response within {timeout} s", timeout=timeout
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise errors.MCPConnectionError(f"{type(exc).__name__}: {exc}") from exc
+    parsed = decode_envelope(raw, status, resp_headers, ctype, model)
+    return Response(status, resp_headers, _request_id(resp_headers), parsed)
+
+
+async def stream(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    *,
+    method: str,
+    path: str,
+    event_type: Any,
+    terminal: frozenset[str],
+    body: Any = None,
+    path_params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> AsyncIterator[Any]:
+    """Open an SSE stream and yield typed events until a terminal one.
+
+    A stream_error event raises its typed exception; a stream that ends before a terminal
+    event raises MCPConnectionError. ``timeout`` bounds the wait for the response head and
+    for each chunk, not the whole stream.
+    """
+    payload = _body(body)
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    try:
+        async with session.request(
+            method,
+            _url(base_url, path, path_params or {}),
+            data=payload,
+            headers=_headers(headers, payload is not None, SSE_TYPE),
+            timeout=client_timeout,
+        ) as resp:
+            request_id = _request_id(resp.headers)
+            if resp.content_type != SSE_TYPE:
+                raw = await resp.read()
+                # an error before the stream started comes as a JSON envelope
+                raise_error_answer(raw, resp.status, resp.headers, resp.content_type)
+                raise _unexpected(
+                    f"expected {SSE_TYPE}, got {resp.content_type!r}",
+                    resp.status,
+                    request_id,
+                    resp.headers,
+                )
+            decoder = SSEDecoder()
+            async for chunk in resp.content.iter_any():
+                for sse in decoder.feed(chunk):
+                    try:
+                        data = orjson.loads(sse.data)
+                        event = structure(data, event_type)
+                    except (orjson.JSONDecodeError, StructureError) as exc:
+                        raise errors.MCPProtocolError(
+                            f"malformed stream event {sse.event!r}: {exc}",
+                            http_status=resp.status,
+                            request_id=request_id,
+                        ) from None
+                    kind = event.type
+                    if kind == "stream_error":
+                        _raise_for_error(event.error, resp.status, request_id, resp.headers)
+                    yield event
+                    if kind in terminal:
+                        return
+    except TimeoutError as exc:
+        raise errors.MCPTimeoutError(f"stream idle for {timeout} s", timeout=timeout) from exc
+    except aiohttp.ClientError as exc:
+        raise errors.MCPConnectionError(f"stream broken: {type(exc).__name__}: {exc}") from exc
+    raise errors.MCPConnectionError("stream ended before its final event")

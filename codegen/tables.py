@@ -1,0 +1,62 @@
+"""Markdown field tables of every message type, for PROTOCOL.md (generated, never hand-kept)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CONSTRAINTS = (
+    ("minLength", "min length {}"), ("maxLength", "max length {}"), ("pattern", "pattern `{}`"),
+    ("minimum", ">= {}"), ("maximum", "<= {}"), ("exclusiveMinimum", "> {}"),
+    ("exclusiveMaximum", "< {}"), ("maxItems", "at most {} items"),
+    ("maxProperties", "at most {} entries"), ("default", "default `{}`"), ("const", "always `{}`"),
+)
+
+
+def _type(s: dict[str, Any]) -> str:
+    if "$ref" in s:
+        name = s["$ref"].rsplit("/", 1)[-1]
+        return f"[{name}](#{name.lower()})"
+    if "const" in s:
+        return "string"
+    for key in ("anyOf", "oneOf"):
+        if key in s:
+            return " \\| ".join(_type(x) for x in s[key])
+    t = s.get("type", "any")
+    if isinstance(t, list):
+        return " \\| ".join(t)
+    if t == "array":
+        return f"array of {_type(s.get('items', {}))}"
+    if "enum" in s:
+        return " \\| ".join(f"`{v}`" for v in s["enum"])
+    return str(t)
+
+
+def _constraints(s: dict[str, Any]) -> str:
+    out = [fmt.format(s[k]) for k, fmt in _CONSTRAINTS if k in s]
+    return "; ".join(out).replace("|", "\\|")
+
+
+def protocol_tables(bundle: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for name, s in bundle["$defs"].items():
+        lines.append(f"### {name}\n")
+        lines.append(" ".join(s.get("description", "").split()) + "\n")
+        if s.get("type") == "object" and "properties" in s:
+            required = set(s.get("required", []))
+            lines.append("| field | type | required | constraints | description |")
+            lines.append("|---|---|---|---|---|")
+            for field, fs in s["properties"].items():
+                desc = " ".join(fs.get("description", "").split()).replace("|", "\\|")
+                lines.append(
+                    f"| `{field}` | {_type(fs)} | {'yes' if field in required else 'no'} "
+                    f"| {_constraints(fs)} | {desc} |"
+                )
+            lines.append("")
+        elif "enum" in s:
+            lines.append("Values: " + ", ".join(f"`{v}`" for v in s["enum"]) + "\n")
+        elif "oneOf" in s:
+            lines.append("One of: " + ", ".join(_type(x) for x in s["oneOf"]) + "\n")
+        else:
+            lines.append(f"Type: {_type(s)}" + (f"; {_constraints(s)}" if _constraints(s) else "")
+                         + "\n")
+    return "\n".join(lines) + "\n"
