@@ -12,6 +12,7 @@ value is None. A failure raises StructureError naming the offending path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import cattrs
@@ -289,12 +290,24 @@ _MODELS: dict[Any, _ModelSpec] = {
 }
 
 
+def _enum_member(value: Any, cls: type[StrEnum]) -> StrEnum:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in cls)
+        raise ValueError(f"{value[:40]!r} is not one of {allowed}") from None
+
+
 def _build(detailed: bool) -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=detailed)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(bool, _strict_bool)
+    # StrEnum subclasses str: without this the str hook would win and skip the enum
+    conv.register_structure_hook(StrEnum, _enum_member)
     _register_union(
         conv,
         m.JobEvent,

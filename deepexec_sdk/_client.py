@@ -1,0 +1,901 @@
+"""DeepExecAsyncClient: the asynchronous facade over the generated protocol layer.
+
+Every call builds its request as JSON-shaped data and structures it into the generated
+request model first, so bad input raises MCPValidationError (naming the field path) before
+anything touches the network. Calls then go through one retry loop (tenacity, see _retry)
+with one Idempotency-Key per logical call, reused across its retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+from deepexec_protocol import PROTOCOL_VERSION, StructureError, structure
+from deepexec_protocol import api as ops
+from deepexec_protocol import models as m
+from deepexec_protocol.constants import ERROR_CODES, OPERATIONS, Operation
+
+from . import __version__
+from ._config import ClientConfig, resolve_config
+from ._logging import logger, setup_logging
+from ._results import check_execution as _check_execution
+from ._results import job_result as _job_result
+from ._retry import RetryPolicy, call_with_retries, is_retryable_status, new_idempotency_key
+from ._streams import ExecutionStream, TextStream
+from .exceptions import (
+    MCPConnectionError,
+    MCPError,
+    MCPNotFoundError,
+    MCPTimeoutError,
+    MCPValidationError,
+)
+
+T = TypeVar("T")
+
+TERMINAL_STATES = frozenset({m.JobState.COMPLETED, m.JobState.FAILED, m.JobState.CANCELED})
+ProgressCallback = Callable[[int], Awaitable[None] | None]
+OutputCallback = Callable[[str], Awaitable[None] | None]
+
+#: slack added to the HTTP timeout of a call whose server-side work has its own limit
+_SERVER_SLACK = 10.0
+#: polling fallback: first interval and cap, in seconds (the interval grows by half each poll)
+_POLL_START, _POLL_MAX = 0.05, 1.0
+
+
+async def _maybe_await(value: Awaitable[None] | None) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+def _validated(data: dict[str, Any], model: type[T], prefix: str = "") -> T:
+    """Structure request data into its model; bad input becomes MCPValidationError."""
+    try:
+        return structure(data, model)
+    except StructureError as exc:
+        path = prefix + exc.path if exc.path else prefix.rstrip(".")
+        raise MCPValidationError(
+            f"invalid request: {path}: {exc.reason}" if path else f"invalid request: {exc}",
+            code="validation_error",
+            details={"path": path, "reason": exc.reason},
+        ) from None
+
+
+def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+class DeepExecAsyncClient:
+    """Asynchronous client of a DeepExec server.
+
+    Configuration comes, per setting, from the constructor argument, else the environment
+    (``DEEPEXEC_*``), else the TOML config file (``DEEPEXEC_CONFIG`` or the user's config
+    dir), else the default. Use it as ``async with DeepExecAsyncClient() as client:`` or
+    call :meth:`close` when done.
+
+    Args:
+        endpoint: base URL of the server (default ``http://127.0.0.1:8787``).
+        timeout: seconds one HTTP request may take (default 60).
+        max_retries: retries of a failed retryable request (default 3).
+        retry_delay: base of the exponential backoff, in seconds (default 0.5).
+        deepseek_key: DeepSeek API key, sent as ``X-DeepSeek-Key``.
+        e2b_key: E2B API key, sent as ``X-E2B-Key``.
+        verify_ssl: verify the server's TLS certificate (default True).
+        api_key: the server's access token, sent as ``Authorization: Bearer``.
+        headers: extra headers sent with every request.
+
+    Raises:
+        MCPConfigurationError: a setting is invalid; the message names its source.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_delay: float | None = None,
+        deepseek_key: str | None = None,
+        e2b_key: str | None = None,
+        verify_ssl: bool | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._config: ClientConfig = resolve_config(
+            endpoint=endpoint,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            deepseek_key=deepseek_key,
+            e2b_key=e2b_key,
+            verify_ssl=verify_ssl,
+            api_key=api_key,
+            headers=headers,
+        )
+        setup_logging(self._config.log_level)
+        self._policy = RetryPolicy.from_config(self._config)
+        self._session: aiohttp.ClientSession | None = None
+        self._base_headers = self._make_headers()
+        self._events_supported = True
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def config(self) -> ClientConfig:
+        """The resolved configuration (secrets are left out of its repr)."""
+        return self._config
+
+    def __repr__(self) -> str:
+        return f"DeepExecAsyncClient(endpoint={self._config.endpoint!r})"
+
+    def _make_headers(self) -> dict[str, str]:
+        cfg = self._config
+        out = {"User-Agent": f"deepexec-sdk/{__version__}"}
+        out.update(cfg.headers)
+        if cfg.api_key:
+            out["Authorization"] = f"Bearer {cfg.api_key}"
+        if cfg.deepseek_key:
+            out["X-DeepSeek-Key"] = cfg.deepseek_key
+        if cfg.e2b_key:
+            out["X-E2B-Key"] = cfg.e2b_key
+        return out
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._config.verify_ssl)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP connections. The client can not be used afterwards."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> DeepExecAsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _is_retryable(self, op: Operation) -> Callable[[Exception], bool]:
+        """Which failures of ``op`` are worth a retry.
+
+        Operations that are idempotent (reads, and creations keyed by Idempotency-Key)
+        retry connection failures, timeouts and the retryable protocol errors. The others
+        (a direct execution or generation would run twice) retry only what proves the
+        server did nothing: a refused connection, 429, 503.
+        """
+
+        def check(exc: Exception) -> bool:
+            if isinstance(exc, MCPConnectionError):
+                cause = exc.__cause__
+                refused = isinstance(cause, aiohttp.ClientConnectorError)
+                return op.idempotent or refused
+            if isinstance(exc, MCPTimeoutError) and exc.code is None:
+                return op.idempotent  # our own client-side timeout
+            if not isinstance(exc, MCPError):
+                return False
+            if exc.code is not None and exc.code in ERROR_CODES:
+                if not op.idempotent:
+                    return exc.code in ("rate_limit_exceeded", "service_unavailable")
+                return ERROR_CODES[exc.code].retryable
+            if exc.http_status is None:
+                return False
+            if not op.idempotent:
+                return exc.http_status in (429, 503)
+            return is_retryable_status(exc.http_status)
+
+        return check
+
+    async def _call(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        *,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Call generated operation ``name`` with retries; one idempotency key for all."""
+        op = OPERATIONS[name]
+        headers = dict(self._base_headers)
+        if op.method == "POST":
+            headers["Idempotency-Key"] = new_idempotency_key()
+        session = self._http()
+        endpoint = self._config.endpoint
+        limit = self._config.timeout if timeout is None else timeout
+
+        async def attempt(number: int) -> T:
+            started = time.perf_counter()
+            try:
+                return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
+            finally:
+                logger.debug(
+                    "%s %s%s attempt %d took %.1f ms",
+                    op.method,
+                    endpoint,
+                    op.path,
+                    number + 1,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+        return await call_with_retries(self._policy, attempt, is_retryable=self._is_retryable(op))
+
+    def _envelope(
+        self, type_: str, payload: dict[str, Any], session_id: str | None
+    ) -> dict[str, Any]:
+        env: dict[str, Any] = {
+            "protocol_version": PROTOCOL_VERSION,
+            "type": type_,
+            "input": _drop_none(payload),
+        }
+        if session_id is not None:
+            env["session_id"] = session_id
+        return env
+
+    # ------------------------------------------------------------------ server
+
+    async def health(self) -> m.HealthInfo:
+        """The server's health, versions and job counts.
+
+        Raises:
+            MCPConnectionError: the server can not be reached.
+        """
+        return await self._call("health", ops.health.asyncio)
+
+    async def list_languages(self) -> list[m.LanguageInfo]:
+        """The languages installed in the server's sandbox, with their versions."""
+        out = await self._call("list_languages", ops.list_languages.asyncio)
+        return list(out.languages)
+
+    # ------------------------------------------------------------------ code execution
+
+    def _code_input(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None,
+        timeout: float | None,
+        stdin: str | None,
+        memory_limit: int | None,
+    ) -> dict[str, Any]:
+        return {
+            "code": code,
+            "language": language,
+            "environment": dict(environment) if environment is not None else None,
+            "timeout": timeout,
+            "stdin": stdin,
+            "memory_limit": memory_limit,
+        }
+
+    def _http_timeout(self, work_timeout: float | None) -> float:
+        if work_timeout is None:
+            return self._config.timeout
+        return max(self._config.timeout, work_timeout + _SERVER_SLACK)
+
+    async def execute_code_and_wait(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        session_id: str | None = None,
+        *,
+        memory_limit: int | None = None,
+        check: bool = True,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> m.CodeExecutionResult:
+        """Run ``code`` in the sandbox and return what it did.
+
+        Args:
+            code: the source code.
+            language: a language id from :meth:`list_languages` (``python``, ``bash``...).
+            environment: environment variables for the program (nothing else is passed).
+            timeout: wall-clock limit of the program, in seconds (server default if None).
+            stdin: text fed to the program's standard input.
+            session_id: run in this session's persistent working directory.
+            memory_limit: memory limit of the program, in bytes.
+            check: raise MCPExecutionError on a non-zero exit (default); when False,
+                return the result whatever the exit code.
+            on_stdout: called with each chunk of standard output as it is produced.
+            on_stderr: called with each chunk of standard error as it is produced.
+
+        Returns:
+            The CodeExecutionResult: output, stdout, stderr, exit_code, execution_time (ms),
+            memory_usage (bytes), timed_out and truncation flags.
+
+        Raises:
+            MCPValidationError: bad input (nothing was sent).
+            MCPExecutionError: the program exited non-zero (with ``check``).
+            MCPTimeoutError: the program ran past ``timeout``.
+            MCPUnsupportedLanguageError: the language is not installed on the server.
+        """
+        if on_stdout is not None or on_stderr is not None:
+            stream = await self.execute_code_stream(
+                code,
+                language,
+                environment,
+                timeout,
+                stdin,
+                session_id,
+                memory_limit=memory_limit,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
+            async for _ in stream:
+                pass
+            return _check_execution(stream.result, check, timeout)
+        body = _validated(
+            self._envelope(
+                "code_execution",
+                self._code_input(code, language, environment, timeout, stdin, memory_limit),
+                session_id,
+            ),
+            m.CodeExecutionRequest,
+        )
+        result = await self._call(
+            "code_execution",
+            ops.code_execution.asyncio,
+            body=body,
+            timeout=self._http_timeout(timeout),
+        )
+        return _check_execution(result, check, timeout)
+
+    async def execute_code_job(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        session_id: str | None = None,
+        *,
+        memory_limit: int | None = None,
+        name: str | None = None,
+        priority: int = 0,
+        tags: list[str] | None = None,
+    ) -> m.JobSubmitted:
+        """Submit ``code`` as a background job; returns at once with its ``job_id``.
+
+        Arguments as in :meth:`execute_code_and_wait`, plus the job's ``name``,
+        ``priority`` (-100..100, higher first) and ``tags``.
+        """
+        return await self.submit_job(
+            name=name or f"{language} execution",
+            job_type="code_execution",
+            data=self._code_input(code, language, environment, timeout, stdin, memory_limit),
+            timeout=timeout,
+            priority=priority,
+            tags=tags,
+            session_id=session_id,
+        )
+
+    async def get_code_execution_result(
+        self,
+        job_id: str,
+        *,
+        max_wait_time: float | None = None,
+        check: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> m.CodeExecutionResult:
+        """Wait for code execution job ``job_id`` and return its result.
+
+        Raises:
+            MCPExecutionError: the program exited non-zero (with ``check``).
+            MCPTimeoutError: the program ran past its timeout, or ``max_wait_time`` passed.
+            MCPCanceledError: the job was canceled.
+        """
+        job = await self.wait_for_job(job_id, max_wait_time=max_wait_time, on_progress=on_progress)
+        result = _job_result(job, m.CodeExecutionResult)
+        return _check_execution(result, check, None)
+
+    async def execute_code_stream(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        session_id: str | None = None,
+        *,
+        memory_limit: int | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecutionStream:
+        """Run ``code`` and stream its output as it is produced.
+
+        Returns an ExecutionStream: ``async for chunk in stream`` yields JobOutputEvent
+        chunks (``chunk.stream`` is ``stdout`` or ``stderr``, ``chunk.data`` the text); after
+        the loop ``stream.result`` is the CodeExecutionResult. A non-zero exit is not an
+        error here: inspect ``stream.result.exit_code``.
+        """
+        job = await self.execute_code_job(
+            code, language, environment, timeout, stdin, session_id, memory_limit=memory_limit
+        )
+        return ExecutionStream(self, job.job_id, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    # ------------------------------------------------------------------ text generation
+
+    @staticmethod
+    def _text_input(
+        prompt: str,
+        model: str,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        system_prompt: str | None,
+        stop: list[str] | None,
+    ) -> dict[str, Any]:
+        return {
+            "prompt": prompt,
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "system_prompt": system_prompt,
+            "stop": stop,
+        }
+
+    async def generate_text_and_wait(
+        self,
+        prompt: str,
+        model: str = "deepseek-v3",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        *,
+        top_p: float | None = None,
+        system_prompt: str | None = None,
+        stop: list[str] | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> m.TextGenerationResult:
+        """Generate text and return the whole result.
+
+        Args:
+            prompt: the prompt.
+            model: ``deepseek-v3`` (DeepSeek's deepseek-chat), ``deepseek-r1``
+                (deepseek-reasoner) or any model the server's provider knows.
+            max_tokens: upper bound on generated tokens (1..32768; server default 1024).
+            temperature: sampling temperature (0..2).
+            top_p: nucleus sampling mass (0..1].
+            system_prompt: optional system message.
+            stop: up to 4 stop sequences.
+            timeout: seconds to wait for the answer.
+
+        Returns:
+            TextGenerationResult: text, model, generation_time (ms), usage (tokens).
+
+        Raises:
+            MCPValidationError: bad input (nothing was sent).
+            MCPProviderNotConfiguredError: the server has no text provider.
+            MCPAuthError: the provider rejected the key.
+            MCPRateLimitError: the provider or server asks to slow down (``retry_after``).
+        """
+        body = _validated(
+            self._envelope(
+                "text_generation",
+                self._text_input(
+                    prompt, model, max_tokens, temperature, top_p, system_prompt, stop
+                ),
+                session_id,
+            ),
+            m.TextGenerationRequest,
+        )
+        return await self._call(
+            "text_generation", ops.text_generation.asyncio, body=body, timeout=timeout
+        )
+
+    async def generate_text_stream(
+        self,
+        prompt: str,
+        model: str = "deepseek-v3",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        *,
+        top_p: float | None = None,
+        system_prompt: str | None = None,
+        stop: list[str] | None = None,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> TextStream:
+        """Generate text, streamed: ``async for text in stream`` yields each piece as the
+        provider produces it; afterwards ``stream.result`` holds the TextGenerationResult
+        with the final ``usage``. Arguments as in :meth:`generate_text_and_wait`;
+        ``timeout`` bounds each wait for the next piece.
+        """
+        body = _validated(
+            self._envelope(
+                "text_generation",
+                self._text_input(
+                    prompt, model, max_tokens, temperature, top_p, system_prompt, stop
+                ),
+                session_id,
+            ),
+            m.TextGenerationRequest,
+        )
+        headers = dict(self._base_headers)
+        headers["Idempotency-Key"] = new_idempotency_key()
+        events = ops.text_generation_stream.stream(
+            self._http(),
+            self._config.endpoint,
+            body=body,
+            headers=headers,
+            timeout=self._config.timeout if timeout is None else timeout,
+        )
+        return TextStream(events)
+
+    async def generate_text_job(
+        self,
+        prompt: str,
+        model: str = "deepseek-v3",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        *,
+        top_p: float | None = None,
+        system_prompt: str | None = None,
+        stop: list[str] | None = None,
+        session_id: str | None = None,
+        name: str | None = None,
+        priority: int = 0,
+        tags: list[str] | None = None,
+        timeout: float | None = None,
+    ) -> m.JobSubmitted:
+        """Submit a text generation as a background job; returns at once with its job_id."""
+        return await self.submit_job(
+            name=name or f"{model} generation",
+            job_type="text_generation",
+            data=self._text_input(
+                prompt, model, max_tokens, temperature, top_p, system_prompt, stop
+            ),
+            timeout=timeout,
+            priority=priority,
+            tags=tags,
+            session_id=session_id,
+        )
+
+    async def get_text_generation_result(
+        self,
+        job_id: str,
+        *,
+        max_wait_time: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> m.TextGenerationResult:
+        """Wait for text generation job ``job_id`` and return its result.
+
+        Raises:
+            MCPCanceledError: the job was canceled.
+            MCPTimeoutError: ``max_wait_time`` passed first.
+            MCPError subclass: the job failed (the class of its error code).
+        """
+        job = await self.wait_for_job(job_id, max_wait_time=max_wait_time, on_progress=on_progress)
+        return _job_result(job, m.TextGenerationResult)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def submit_job(
+        self,
+        name: str,
+        job_type: str,
+        data: Mapping[str, Any],
+        timeout: float | None = None,
+        priority: int = 0,
+        tags: list[str] | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> m.JobSubmitted:
+        """Submit a background job.
+
+        Args:
+            name: a name for people (1..128 characters).
+            job_type: ``code_execution`` (data as CodeExecutionInput: code, language, ...)
+                or ``text_generation`` (data as TextGenerationInput: prompt, model, ...).
+            data: what to run.
+            timeout: limit of the whole job, in seconds.
+            priority: -100..100; higher runs first among pending jobs.
+            tags: labels to filter :meth:`list_jobs` by.
+            session_id: run inside this session.
+
+        Returns:
+            JobSubmitted with ``job_id``, ``status`` and ``created_at``. A retried submit
+            reuses its Idempotency-Key, so it never creates two jobs.
+        """
+        job_data = _drop_none(dict(data))
+        payload: dict[str, Any] = {
+            "name": name,
+            "job_type": str(job_type),
+            "data": job_data,
+            "timeout": timeout,
+            "priority": priority,
+            "tags": list(tags) if tags is not None else None,
+        }
+        if payload["job_type"] not in {t.value for t in m.JobType}:
+            raise MCPValidationError(
+                f"invalid request: input.job_type: {job_type!r} is not one of "
+                f"{', '.join(t.value for t in m.JobType)}",
+                code="validation_error",
+                details={"path": "input.job_type"},
+            )
+        expected = m.CodeExecutionInput if job_type == "code_execution" else m.TextGenerationInput
+        _validated(job_data, expected, "input.data.")  # data must match its job type
+        body = _validated(self._envelope("submit_job", payload, session_id), m.SubmitJobRequest)
+        return await self._call("submit_job", ops.submit_job.asyncio, body=body)
+
+    async def get_job_status(self, job_id: str) -> m.JobStatus:
+        """Everything known about job ``job_id`` now (status, progress, result, error).
+
+        Raises:
+            MCPNotFoundError: no such job (or it belongs to another token).
+        """
+        return await self._call("job_status", ops.job_status.asyncio, job_id=_job_id(job_id))
+
+    async def cancel_job(self, job_id: str, reason: str | None = None) -> m.JobCanceled:
+        """Cancel a pending or running job; its processes are killed at once.
+
+        Returns:
+            JobCanceled with ``canceled_at`` and the ``reason``.
+
+        Raises:
+            MCPConflictError: the job had already finished.
+            MCPNotFoundError: no such job.
+        """
+        body = _validated(
+            self._envelope("cancel_job", {"reason": reason}, None), m.CancelJobRequest
+        )
+        return await self._call(
+            "cancel_job", ops.cancel_job.asyncio, job_id=_job_id(job_id), body=body
+        )
+
+    async def list_jobs(
+        self,
+        status: str | None = None,
+        tag: str | None = None,
+        limit: int | None = None,
+        *,
+        page_size: int = 50,
+    ) -> AsyncIterator[m.JobStatus]:
+        """Iterate over jobs, newest first, fetching pages as needed.
+
+        Args:
+            status: only jobs in this state (``PENDING``, ``RUNNING``, ``COMPLETED``...).
+            tag: only jobs with this tag.
+            limit: stop after this many jobs (all when None).
+            page_size: jobs fetched per request (1..100).
+        """
+        remaining = limit
+        cursor: str | None = None
+        while remaining is None or remaining > 0:
+            size = page_size if remaining is None else min(page_size, remaining)
+            query = _validated(
+                _drop_none({"status": status, "tag": tag, "limit": size, "cursor": cursor}),
+                m.ListJobsQuery,
+            )
+            page = await self._call("list_jobs", ops.list_jobs.asyncio, query=query)
+            for job in page.jobs:
+                yield job
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+            cursor = page.next_cursor
+            if not cursor:
+                return
+
+    async def wait_for_job(
+        self,
+        job_id: str,
+        poll_interval: float | None = None,
+        max_wait_time: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> m.JobStatus:
+        """Wait until job ``job_id`` is COMPLETED, FAILED or CANCELED; return its status.
+
+        Follows the server's job event stream, so it returns within milliseconds of the
+        end; where the server offers no stream it polls, every ``poll_interval`` seconds
+        when given, else at growing intervals (50 ms up to 1 s).
+
+        Args:
+            on_progress: called with the progress (0-100) each time it changes.
+            max_wait_time: give up after this many seconds.
+
+        Raises:
+            MCPTimeoutError: ``max_wait_time`` passed first (``error.timeout`` says how long).
+            MCPNotFoundError: no such job.
+        """
+        job_id = _job_id(job_id)
+        tracker = _ProgressTracker(on_progress)
+        try:
+            async with asyncio.timeout(max_wait_time):
+                return await self._wait(job_id, poll_interval, tracker)
+        except TimeoutError:
+            raise MCPTimeoutError(
+                f"job {job_id} did not finish within {max_wait_time} s", timeout=max_wait_time
+            ) from None
+
+    async def _wait(
+        self, job_id: str, poll_interval: float | None, tracker: _ProgressTracker
+    ) -> m.JobStatus:
+        while self._events_supported and poll_interval is None:
+            try:
+                async for event in self.job_events(job_id):
+                    if isinstance(event, (m.JobStatusEvent, m.JobProgressEvent)):
+                        await tracker.update(event.progress)
+                    elif isinstance(event, m.JobResultEvent):
+                        await tracker.update(event.job.progress)
+                        return event.job
+            except MCPNotFoundError as exc:
+                if exc.code == "not_found" and await self._job_exists(job_id):
+                    self._events_supported = False  # the server has no event stream
+                    break
+                raise
+            except MCPConnectionError:
+                # stream cut: reconnect (the server replays the current state first)
+                status = await self.get_job_status(job_id)
+                if status.status in TERMINAL_STATES:
+                    await tracker.update(status.progress)
+                    return status
+        interval = poll_interval or _POLL_START
+        while True:
+            status = await self.get_job_status(job_id)
+            await tracker.update(status.progress)
+            if status.status in TERMINAL_STATES:
+                return status
+            await asyncio.sleep(interval)
+            if poll_interval is None:
+                interval = min(interval * 1.5, _POLL_MAX)
+
+    async def _job_exists(self, job_id: str) -> bool:
+        try:
+            await self.get_job_status(job_id)
+        except MCPNotFoundError:
+            return False
+        return True
+
+    def job_events(self, job_id: str) -> AsyncIterator[m.JobEvent]:
+        """The job's events as they happen: its current state first, then every status,
+        progress and output change, ending with a JobResultEvent carrying the final status.
+        """
+        return ops.job_events.stream(
+            self._http(),
+            self._config.endpoint,
+            job_id=_job_id(job_id),
+            headers=self._base_headers,
+            timeout=None,
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(self, ttl: int | None = None) -> AsyncSession:
+        """Open a session: a working directory whose files persist between the session's
+        executions (and nowhere else). Use it as ``async with await client.create_session()
+        as session:`` or call ``await session.close()``.
+
+        Args:
+            ttl: idle seconds after which the server closes it (server default if None).
+        """
+        body = _validated(
+            self._envelope("create_session", {"ttl": ttl}, None), m.CreateSessionRequest
+        )
+        info = await self._call("create_session", ops.create_session.asyncio, body=body)
+        return AsyncSession(self, info)
+
+    async def close_session(self, session_id: str) -> m.SessionClosed:
+        """Close session ``session_id`` and free everything it holds."""
+        return await self._call(
+            "close_session", ops.close_session.asyncio, session_id=_session_id(session_id)
+        )
+
+
+class _ProgressTracker:
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.last: int | None = None
+
+    async def update(self, progress: int) -> None:
+        if self.callback is not None and progress != self.last:
+            self.last = progress
+            await _maybe_await(self.callback(progress))
+
+
+def _job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not job_id.startswith("job_") or len(job_id) != 36:
+        raise MCPValidationError(
+            f"invalid job id {str(job_id)[:60]!r}: expected 'job_' and 32 hex digits",
+            code="validation_error",
+            details={"path": "job_id"},
+        )
+    return job_id
+
+
+def _session_id(session_id: str) -> str:
+    if not isinstance(session_id, str) or not session_id.startswith("sess_"):
+        raise MCPValidationError(
+            f"invalid session id {str(session_id)[:60]!r}: expected 'sess_' and 32 hex digits",
+            code="validation_error",
+            details={"path": "session_id"},
+        )
+    return session_id
+
+
+class AsyncSession:
+    """A session on the server: its executions share a persistent working directory.
+
+    Its methods are the client's, with ``session_id`` filled in.
+    """
+
+    def __init__(self, client: DeepExecAsyncClient, info: m.SessionInfo) -> None:
+        self._client = client
+        self.info = info
+        self.session_id: str = info.session_id
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"AsyncSession(session_id={self.session_id!r}, closed={self.closed})"
+
+    async def execute_code_and_wait(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        **kwargs: Any,
+    ) -> m.CodeExecutionResult:
+        """:meth:`DeepExecAsyncClient.execute_code_and_wait` inside this session."""
+        return await self._client.execute_code_and_wait(
+            code, language, environment, timeout, stdin, self.session_id, **kwargs
+        )
+
+    async def execute_code_job(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        **kwargs: Any,
+    ) -> m.JobSubmitted:
+        """:meth:`DeepExecAsyncClient.execute_code_job` inside this session."""
+        return await self._client.execute_code_job(
+            code, language, environment, timeout, stdin, self.session_id, **kwargs
+        )
+
+    async def execute_code_stream(
+        self,
+        code: str,
+        language: str,
+        environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        **kwargs: Any,
+    ) -> ExecutionStream:
+        """:meth:`DeepExecAsyncClient.execute_code_stream` inside this session."""
+        return await self._client.execute_code_stream(
+            code, language, environment, timeout, stdin, self.session_id, **kwargs
+        )
+
+    async def generate_text_and_wait(self, prompt: str, **kwargs: Any) -> m.TextGenerationResult:
+        """:meth:`DeepExecAsyncClient.generate_text_and_wait` inside this session."""
+        return await self._client.generate_text_and_wait(
+            prompt, session_id=self.session_id, **kwargs
+        )
+
+    async def close(self) -> None:
+        """Close the session on the server (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            try:
+                await self._client.close_session(self.session_id)
+            except MCPNotFoundError:
+                pass  # already expired or closed
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

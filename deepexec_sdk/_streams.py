@@ -1,0 +1,115 @@
+"""Stream handles returned by generate_text_stream and execute_code_stream."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from deepexec_protocol import models as m
+
+from ._results import job_result
+from .exceptions import MCPConnectionError, MCPProtocolError
+
+if TYPE_CHECKING:
+    from ._client import DeepExecAsyncClient
+
+OutputCallback = Callable[[str], Awaitable[None] | None]
+
+
+class TextStream:
+    """A text generation in progress.
+
+    ``async for text in stream`` yields each piece of text as the provider produces it.
+    When the loop ends, :attr:`result` holds the whole TextGenerationResult (with the
+    final ``usage``). Leaving the loop early closes the connection.
+    """
+
+    def __init__(self, events: AsyncIterator[m.TextGenerationStreamEvent]) -> None:
+        self._events = events
+        self.result: m.TextGenerationResult | None = None
+        self.chunks: list[str] = []
+
+    @property
+    def usage(self) -> m.Usage | None:
+        """Token usage, known once the stream has ended."""
+        return None if self.result is None else self.result.usage
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self.chunks)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for event in self._events:
+                if isinstance(event, m.TextGenerationChunk):
+                    self.chunks.append(event.delta)
+                    yield event.delta
+                elif isinstance(event, m.TextGenerationDone):
+                    self.result = event.result
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop receiving and close the connection."""
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class ExecutionStream:
+    """A code execution job whose output streams as it is produced.
+
+    ``async for chunk in stream`` yields JobOutputEvent chunks (``chunk.stream`` is
+    ``stdout`` or ``stderr``; ``chunk.data`` the text), calling ``on_stdout`` /
+    ``on_stderr`` for each. When the loop ends, :attr:`result` is the CodeExecutionResult
+    and :attr:`job` the final JobStatus. :meth:`kill` cancels the job.
+    """
+
+    def __init__(
+        self,
+        client: DeepExecAsyncClient,
+        job_id: str,
+        *,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> None:
+        self._client = client
+        self.job_id = job_id
+        self._callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        self.job: m.JobStatus | None = None
+        self.result: m.CodeExecutionResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[m.JobOutputEvent]:
+        for _attempt in range(3):
+            try:
+                async for event in self._client.job_events(self.job_id):
+                    if isinstance(event, m.JobOutputEvent):
+                        callback = self._callbacks.get(event.stream.value)
+                        if callback is not None:
+                            outcome = callback(event.data)
+                            if inspect.isawaitable(outcome):
+                                await outcome
+                        yield event
+                    elif isinstance(event, m.JobResultEvent):
+                        self._finish(event.job)
+                        return
+            except MCPConnectionError:
+                continue  # reconnect: the server replays the job's current state first
+        status = await self._client.get_job_status(self.job_id)
+        if status.status.value in ("COMPLETED", "FAILED", "CANCELED"):
+            self._finish(status)
+            return
+        raise MCPProtocolError(f"lost the event stream of job {self.job_id}")
+
+    def _finish(self, job: m.JobStatus) -> None:
+        self.job = job
+        if isinstance(job.result, m.CodeExecutionResult) and job.status.value == "COMPLETED":
+            self.result = job.result
+        else:
+            self.result = job_result(job, m.CodeExecutionResult)
+
+    async def kill(self, reason: str | None = "killed by the client") -> m.JobCanceled:
+        """Cancel the job; its processes are killed at once."""
+        return await self._client.cancel_job(self.job_id, reason=reason)
