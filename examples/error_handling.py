@@ -14,12 +14,13 @@ from deepexec_sdk.exceptions import (
 
 async def main() -> None:
     async with DeepExecAsyncClient() as client:
-        for code in ("print('Hello, World!')", "import sys\nprint('oops')\nsys.exit(3)",
-                     "import time\ntime.sleep(5)"):
+        for code in (
+            "print('Hello, World!')",
+            "import sys\nprint('oops')\nsys.exit(3)",
+            "import time\ntime.sleep(5)",
+        ):
             try:
-                result = await client.execute_code_and_wait(
-                    code=code, language="python", timeout=1
-                )
+                result = await client.execute_code_and_wait(code=code, language="python", timeout=1)
                 print(f"Output: {result.output}")
                 print(f"Exit code: {result.exit_code}")
                 print(f"Execution time: {result.execution_time} ms")

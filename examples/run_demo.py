@@ -31,9 +31,20 @@ EXAMPLES = [
 
 def start_server(state_dir: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deepexec_server", "serve", "--port", "0",
-         "--state-dir", state_dir, "--log-level", "warning"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deepexec_server",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            state_dir,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -49,13 +60,17 @@ def start_server(state_dir: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def main() -> int:
-    configured = any(os.environ.get(v) for v in (
-        "DEEPEXEC_SERVER_DEEPSEEK_KEY", "DEEPEXEC_SERVER_OPENAI_BASE_URL"))
+    configured = any(
+        os.environ.get(v)
+        for v in ("DEEPEXEC_SERVER_DEEPSEEK_KEY", "DEEPEXEC_SERVER_OPENAI_BASE_URL")
+    )
     if not configured:
-        print("Text generation: no provider configured. Set DEEPEXEC_SERVER_DEEPSEEK_KEY=sk-... "
-              "(DeepSeek) or DEEPEXEC_SERVER_OPENAI_BASE_URL=http://host:port/v1 (any "
-              "OpenAI-compatible server: Ollama, vLLM, llama.cpp) and run `make demo` again.",
-              flush=True)
+        print(
+            "Text generation: no provider configured. Set DEEPEXEC_SERVER_DEEPSEEK_KEY=sk-... "
+            "(DeepSeek) or DEEPEXEC_SERVER_OPENAI_BASE_URL=http://host:port/v1 (any "
+            "OpenAI-compatible server: Ollama, vLLM, llama.cpp) and run `make demo` again.",
+            flush=True,
+        )
     failures = 0
     with tempfile.TemporaryDirectory(prefix="deepexec-demo-") as state_dir:
         server, endpoint = start_server(state_dir)

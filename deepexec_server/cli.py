@@ -1,0 +1,130 @@
+"""``deepexec`` command line: ``deepexec serve`` runs the reference server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+
+from . import __version__
+from .settings import ServerSettings, SettingsError, load_settings
+
+log = logging.getLogger("deepexec.server")
+
+
+def _sandbox_settings(settings: ServerSettings) -> Any:
+    import os
+
+    from .sandbox import SandboxSettings
+
+    kwargs: dict[str, Any] = {
+        "backend": settings.sandbox,
+        "allow_insecure": settings.allow_insecure,
+    }
+    if settings.warm_pool is not None:
+        kwargs["warm_pool_size"] = settings.warm_pool
+    e2b_key = os.environ.get("DEEPEXEC_SERVER_E2B_KEY")
+    if e2b_key:
+        kwargs["e2b_api_key"] = e2b_key
+    return SandboxSettings(**kwargs)
+
+
+def build_app(settings: ServerSettings) -> web.Application:
+    """The application with the executor and providers the settings call for."""
+    from .app import create_app
+    from .providers.registry import providers_from_env
+    from .sandbox import create_executor
+
+    sandbox_settings = _sandbox_settings(settings)
+    return create_app(
+        settings,
+        executor=create_executor(sandbox_settings),
+        sandbox_settings=sandbox_settings,
+        providers=providers_from_env(),
+    )
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT; then stop accepting, let running jobs finish within
+    the grace period, re-queue the rest, and exit."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = settings.port
+    for address in runner.addresses:
+        port = address[1]
+        break
+    print(f"DeepExec server {__version__} listening on http://{settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="deepexec")
+def main() -> None:
+    """DeepExec: sandboxed code execution and LLM text generation over the MCP protocol."""
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="Bind address [DEEPEXEC_SERVER_HOST; 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port, 0 = any free [8787].")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Job database and session dirs [./.deepexec-state].",
+)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    help="An API token clients must send as Bearer (repeatable).",
+)
+@click.option("--concurrency", type=int, default=None, help="Jobs run at once [cores].")
+@click.option(
+    "--sandbox",
+    type=click.Choice(["local", "e2b"]),
+    default=None,
+    help="Execution backend [local].",
+)
+@click.option(
+    "--allow-insecure",
+    is_flag=True,
+    default=None,
+    help="Run code WITHOUT a sandbox where bubblewrap is unavailable.",
+)
+@click.option("--warm-pool", type=int, default=None, help="Warm sandboxes per language.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+def serve_command(log_level: str, tokens: tuple[str, ...], **options: Any) -> None:
+    """Run the reference server (settings: options > DEEPEXEC_SERVER_* > defaults)."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if tokens:
+        options["tokens"] = ",".join(tokens)
+    try:
+        settings = load_settings(options)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

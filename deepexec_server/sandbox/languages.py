@@ -1,0 +1,327 @@
+"""The languages the sandbox backends know: how to detect them and how to run them.
+
+Interpreted languages (python, javascript, ruby, bash) are started through a tiny
+*bootstrap* given on the interpreter's command line: it blocks reading the caller's
+environment variables (``NAME=value`` entries separated by NUL) from a control pipe,
+applies them, then runs the program file exactly like ``interpreter file`` would.
+The same bootstrap serves cold starts (the control data is written right after the
+spawn) and the warm pool (written when a request arrives), so both paths behave
+identically. Observable details, identical for cold and warm runs:
+
+* python: ``sys.argv == [program]``, ``sys.path[0]`` is the work dir (modules in the
+  work dir are importable, as in a REPL or notebook), stdout is line-buffered (as
+  on a terminal); ``PYTHONPATH`` set by the caller is honoured, other ``PYTHON*``
+  start-up variables are not (the interpreter is already running).
+* javascript: run as the CommonJS main module (``require.main === module``).
+* ruby: ``$0 == __FILE__ ==`` the program, ``$stdout.sync = true``.
+* bash: ``exec /usr/bin/bash program`` once the environment is applied.
+
+Compiled languages (c, cpp) compile inside the sandbox first (``/sandbox`` writable
+for that step only) and run the binary in a second sandbox; a small extra
+translation unit makes ``stdout`` line-buffered, as on a terminal, so output streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable, Sequence
+
+from attrs import define
+
+from .base import LanguageInfo
+
+__all__ = [
+    "ALIASES",
+    "C_INIT_NAME",
+    "C_INIT_SOURCE",
+    "LANGUAGE_SPECS",
+    "LanguageSpec",
+    "detect_languages",
+    "resolve_language",
+]
+
+_PY_BOOT = r"""
+def _deepexec_boot(fd, path, wd):
+    import os, sys  # locals: the globals of this code are __main__'s, cleared below
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    for item in b"".join(chunks).split(b"\0"):
+        if item:
+            key, _, value = item.partition(b"=")
+            os.environ[os.fsdecode(key)] = os.fsdecode(value)
+    sys.argv[:] = [path]
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[0:1] = [wd, *extra]
+    sys.stdout.reconfigure(line_buffering=True)
+    with open(path, "rb") as f:
+        source = f.read()
+    g = sys.modules["__main__"].__dict__
+    builtins = g["__builtins__"]
+    g.clear()
+    g.update(__name__="__main__", __doc__=None, __package__=None, __loader__=None,
+             __spec__=None, __file__=path, __cached__=None, __builtins__=builtins)
+    try:
+        exec(compile(source, path, "exec"), g)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        tb = e.__traceback__
+        e = e.with_traceback(tb.tb_next if tb is not None else None)
+        sys.excepthook(type(e), e, e.__traceback__)
+        sys.exit(1)
+_deepexec_boot(%(fd)d, %(path)r, %(wd)r)
+"""
+
+_JS_BOOT = r"""
+"use strict";
+{
+  const fs = require("fs");
+  const data = fs.readFileSync(%(fd)d);
+  fs.closeSync(%(fd)d);
+  for (const item of data.toString("utf8").split("\0")) {
+    if (!item) continue;
+    const i = item.indexOf("=");
+    process.env[item.slice(0, i)] = item.slice(i + 1);
+  }
+  process.argv[1] = %(path)s;
+  require("module").runMain();
+}
+"""
+
+_RB_BOOT = r"""
+$stdout.sync = true
+$stderr.sync = true
+io = IO.new(%(fd)d)
+data = io.read
+io.close
+data.split("\0").each do |item|
+  next if item.empty?
+  key, value = item.split("=", 2)
+  ENV[key] = value || ""
+end
+$0 = %(path)s
+begin
+  load $0
+rescue SystemExit, SignalException
+  raise
+rescue Exception => e
+  bt = e.backtrace
+  e.set_backtrace(bt.reject { |line| line.start_with?("-e:") }) if bt
+  raise e
+end
+"""
+
+_SH_BOOT = (
+    "while IFS= read -r -d '' kv; do export \"$kv\"; done <&%(fd)d; "
+    "exec %(fd)d<&-; exec %(bash)s %(path)s"
+)
+
+#: File name of the extra translation unit below, in ``/sandbox``.
+C_INIT_NAME = ".deepexec_init.c"
+
+#: Compiled with every C/C++ program: line-buffered stdout, as on a terminal.
+C_INIT_SOURCE = (
+    "#include <stdio.h>\n"
+    "__attribute__((constructor)) static void deepexec_line_buffered_stdout(void)\n"
+    "{ setvbuf(stdout, NULL, _IOLBF, 0); }\n"
+)
+
+
+def _js_string(value: str) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _rb_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _sh_word(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _first_version(text: str) -> str:
+    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", text)
+    return m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "unknown"
+
+
+@define(frozen=True, kw_only=True)
+class LanguageSpec:
+    """How to detect and run one language.
+
+    ``binary`` is an absolute path to the real runtime (never a shim on ``PATH``).
+    For interpreted languages, ``bootstrap(fd, program, workdir, memory)`` returns the
+    argv that waits for the control data on ``fd`` and then runs ``program``
+    (``memory`` is the byte limit, for runtimes with a heap limit of their own). For compiled
+    languages, ``compile_argv(source, init_source, output)`` returns the compiler argv.
+    """
+
+    id: str
+    name: str
+    file_extension: str
+    binary: str
+    version_argv: tuple[str, ...]
+    compiled: bool = False
+    bootstrap: Callable[[int, str, str, int], list[str]] | None = None
+    compile_argv: Callable[[str, str, str], list[str]] | None = None
+    #: Extra address space V8-like runtimes reserve but never touch (see Limits.memory).
+    uses_rlimit_data: bool = False
+
+    def info(self, version: str) -> LanguageInfo:
+        """The public description of this language with a detected version."""
+        return LanguageInfo(
+            id=self.id, name=self.name, version=version, file_extension=self.file_extension
+        )
+
+
+def _python_boot(binary: str) -> Callable[[int, str, str, int], list[str]]:
+    def argv(fd: int, path: str, wd: str, memory: int) -> list[str]:
+        return [binary, "-c", _PY_BOOT % {"fd": fd, "path": path, "wd": wd}]
+
+    return argv
+
+
+def _node_boot(binary: str) -> Callable[[int, str, str, int], list[str]]:
+    def argv(fd: int, path: str, wd: str, memory: int) -> list[str]:
+        heap_mib = max(16, memory * 3 // 4 // (1 << 20))
+        return [
+            binary,
+            f"--max-old-space-size={heap_mib}",
+            "-e",
+            _JS_BOOT % {"fd": fd, "path": _js_string(path)},
+        ]
+
+    return argv
+
+
+def _ruby_boot(binary: str) -> Callable[[int, str, str, int], list[str]]:
+    def argv(fd: int, path: str, wd: str, memory: int) -> list[str]:
+        return [binary, "-e", _RB_BOOT % {"fd": fd, "path": _rb_string(path)}]
+
+    return argv
+
+
+def _bash_boot(binary: str) -> Callable[[int, str, str, int], list[str]]:
+    def argv(fd: int, path: str, wd: str, memory: int) -> list[str]:
+        script = _SH_BOOT % {"fd": fd, "bash": _sh_word(binary), "path": _sh_word(path)}
+        return [binary, "-c", script]
+
+    return argv
+
+
+def _gcc(binary: str, std: str) -> Callable[[str, str, str], list[str]]:
+    def argv(source: str, init: str, output: str) -> list[str]:
+        return [binary, f"-std={std}", "-O2", "-pipe", "-o", output, source, init, "-lm"]
+
+    return argv
+
+
+LANGUAGE_SPECS: tuple[LanguageSpec, ...] = (
+    LanguageSpec(
+        id="python",
+        name="Python",
+        file_extension="py",
+        binary="/usr/bin/python3",
+        version_argv=("/usr/bin/python3", "--version"),
+        bootstrap=_python_boot("/usr/bin/python3"),
+    ),
+    LanguageSpec(
+        id="javascript",
+        name="JavaScript (Node.js)",
+        file_extension="js",
+        binary="/usr/bin/node",
+        version_argv=("/usr/bin/node", "--version"),
+        bootstrap=_node_boot("/usr/bin/node"),
+        uses_rlimit_data=True,
+    ),
+    LanguageSpec(
+        id="bash",
+        name="Bash",
+        file_extension="sh",
+        binary="/usr/bin/bash",
+        version_argv=("/usr/bin/bash", "--version"),
+        bootstrap=_bash_boot("/usr/bin/bash"),
+    ),
+    LanguageSpec(
+        id="ruby",
+        name="Ruby",
+        file_extension="rb",
+        binary="/usr/bin/ruby",
+        version_argv=("/usr/bin/ruby", "--version"),
+        bootstrap=_ruby_boot("/usr/bin/ruby"),
+    ),
+    LanguageSpec(
+        id="c",
+        name="C (GCC)",
+        file_extension="c",
+        binary="/usr/bin/gcc",
+        version_argv=("/usr/bin/gcc", "-dumpfullversion"),
+        compiled=True,
+        compile_argv=_gcc("/usr/bin/gcc", "gnu17"),
+    ),
+    LanguageSpec(
+        id="cpp",
+        name="C++ (GCC)",
+        file_extension="cpp",
+        binary="/usr/bin/g++",
+        version_argv=("/usr/bin/g++", "-dumpfullversion"),
+        compiled=True,
+        compile_argv=_gcc("/usr/bin/g++", "gnu++17"),
+    ),
+)
+
+#: Other names accepted for a language id.
+ALIASES: dict[str, str] = {
+    "py": "python",
+    "python3": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+    "sh": "bash",
+    "shell": "bash",
+    "rb": "ruby",
+    "c++": "cpp",
+    "cxx": "cpp",
+}
+
+
+def resolve_language(language: str) -> str:
+    """Map a language name or alias (case-insensitive) to its canonical id."""
+    key = language.strip().lower()
+    return ALIASES.get(key, key)
+
+
+async def _version_of(spec: LanguageSpec) -> str | None:
+    if not os.access(spec.binary, os.X_OK):
+        return None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *spec.version_argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=15)
+    except (OSError, TimeoutError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return _first_version(out.decode("utf-8", "replace"))
+
+
+async def detect_languages(
+    specs: Sequence[LanguageSpec] = LANGUAGE_SPECS, enabled: Sequence[str] | None = None
+) -> dict[str, tuple[LanguageSpec, LanguageInfo]]:
+    """Run each runtime's ``--version`` once; return the present ones by id."""
+    chosen = [s for s in specs if enabled is None or s.id in enabled]
+    versions = await asyncio.gather(*(_version_of(s) for s in chosen))
+    return {s.id: (s, s.info(v)) for s, v in zip(chosen, versions, strict=True) if v is not None}

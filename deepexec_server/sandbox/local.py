@@ -1,0 +1,855 @@
+"""The ``local`` backend: every execution in a fresh bubblewrap sandbox.
+
+What a sandbox is (one per execution, never reused):
+
+* **Identity.** The server (root) starts the launcher (:mod:`.launcher`), which sets
+  the rlimits, drops to uid/gid ``U`` with no supplementary groups and execs
+  bubblewrap with an *empty* environment; ``U`` is an unprivileged host uid leased
+  for this sandbox alone (:mod:`.uids`). bubblewrap then
+  runs unprivileged and builds a new user namespace (``--unshare-all
+  --unshare-user --disable-userns``): the program holds no capability, cannot create
+  further namespaces, and ``no_new_privs`` is set (setuid binaries do not elevate;
+  every mount is ``nosuid`` anyway).
+* **Namespaces.** New pid, network (loopback only, nothing routes out), ipc, uts
+  and mount namespaces; ``--die-with-parent``; ``--new-session`` (no TIOCSTI). The
+  sandbox's pid 1 is bubblewrap's reaper, whose environment is empty, so
+  ``/proc/1/environ`` holds nothing of the server's.
+* **File system.** Read-only: ``/usr`` (and the ``/bin``, ``/lib*`` symlinks or
+  directories), a few public ``/etc`` files (alternatives, ld.so.cache, CA
+  certificates, openssl.cnf, localtime, python3.x config) and a synthetic
+  ``/etc/passwd``, ``group``, ``hosts``. The root is a read-only tmpfs. Writable:
+  ``/work`` (cwd), ``/tmp`` and ``/dev/shm``, all size-limited tmpfs (:mod:`.hostfs`).
+  ``/sandbox`` holds the program (read-only). Devices: null, zero, full, random,
+  urandom only. A fresh ``/proc`` for the pid namespace. Nothing else of the host
+  (no ``/root``, ``/home``, ``/work``, ``/run``, the server's state or source).
+* **Limits.** ``RLIMIT_CPU``, ``AS`` (JavaScript: ``DATA``), ``NPROC`` (+2 for
+  bubblewrap's two processes), ``NOFILE``, ``FSIZE``, ``CORE=0``; wall-clock
+  timeout and output cap enforced by the server (:mod:`.process`), which kills the
+  sandbox's pid 1: the kernel then kills every process of the pid namespace at once.
+  After each run the uid is swept (no process of it may remain) before reuse.
+
+Warm pool: for interpreted languages, ``warm_pool_size`` sandboxes per language are
+pre-started with the default limits, the interpreter running and blocked on its
+control pipe (see :mod:`.languages`). A request without a session dir whose limits
+(other than ``timeout`` and ``max_output``, which the server enforces) equal the
+defaults takes one, writes its program into ``/sandbox`` and sends its environment;
+the sandbox is used once and destroyed, and a replacement is started in the
+background. Anything else runs cold.
+
+Session dirs: the first execution with a given ``workdir`` mounts a tmpfs of
+``max_disk`` on it (:func:`.hostfs.ensure_session_dir`); executions of one session
+are serialized, and before each the tree is handed to the new sandbox uid. Call
+:meth:`LocalExecutor.release_workdir` when the session ends.
+
+Exit statuses: bubblewrap reports a program killed by signal ``N`` as exit status
+``128 + N``, so statuses 129..192 are reported as ``signal = status - 128`` with
+``exit_code = None`` (as a shell would; a program calling ``exit(137)`` is therefore
+reported as killed by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import logging
+import math
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from attrs import define
+
+from .base import (
+    ExecutionOutcome,
+    ExecutionRequest,
+    Executor,
+    LanguageInfo,
+    Limits,
+    OutputCallback,
+    SandboxError,
+    SandboxUnavailableError,
+    UnsupportedLanguageError,
+    validate_env,
+)
+from .hostfs import (
+    Scratch,
+    chown_tree,
+    ensure_session_dir,
+    make_scratch,
+    mount_tmpfs,
+    mounts_under,
+    release_session_dir,
+    unmount,
+    write_new_file,
+)
+from .languages import C_INIT_NAME, C_INIT_SOURCE, LanguageSpec, detect_languages, resolve_language
+from .launcher import RLIMIT_CODES, build_launcher
+from .process import Launch, RawResult, Spawned, control_pipe, send_control, start, supervise
+from .seccomp import seccomp_filter
+from .settings import SandboxSettings
+from .uids import UidLease, UidPool, check_uid_range, sweep_uid
+
+__all__ = ["LocalExecutor", "probe_local_sandbox"]
+
+log = logging.getLogger(__name__)
+
+#: The environment every program starts with; the caller's variables go on top.
+BASE_ENV: dict[str, str] = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/work",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+}
+
+#: Public, read-only pieces of the host's /etc that runtimes need.
+ETC_BINDS: tuple[str, ...] = (
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+    "/etc/ca-certificates",
+    "/etc/timezone",
+    "/etc/nsswitch.conf",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/mime.types",
+)
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+#: Extra address space granted to V8, which reserves about 0.8 GiB it never touches.
+V8_ADDRESS_SPACE = 1 << 30
+
+_instance_counter = itertools.count()
+
+
+def _etc_python_dirs() -> list[str]:
+    try:
+        return sorted(f"/etc/{n}" for n in os.listdir("/etc") if n.startswith("python3"))
+    except OSError:
+        return []
+
+
+def _root_entries() -> list[str]:
+    """bwrap options recreating /bin, /sbin, /lib* (symlinks on merged-/usr systems)."""
+    args: list[str] = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = f"/{name}"
+        if os.path.islink(host):
+            args += ["--symlink", os.readlink(host), host]
+        elif os.path.isdir(host):
+            args += ["--ro-bind", host, host]
+    return args
+
+
+def _etc_entries() -> list[str]:
+    args: list[str] = []
+    for path in (*ETC_BINDS, *_etc_python_dirs()):
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    if os.path.islink("/etc/localtime"):
+        args += ["--symlink", os.readlink("/etc/localtime"), "/etc/localtime"]
+    elif os.path.exists("/etc/localtime"):
+        args += ["--ro-bind", "/etc/localtime", "/etc/localtime"]
+    return args
+
+
+def rlimits_for(limits: Limits, *, data_limit: bool) -> list[tuple[int, int, int]]:
+    """``(resource, soft, hard)`` for ``limits``: soft = hard, except CPU (SIGXCPU at the
+    soft limit, SIGKILL one second later). ``NPROC`` gets +2 for bubblewrap's own two
+    processes; ``data_limit`` selects ``RLIMIT_DATA`` (+ a roomy ``RLIMIT_AS``) for V8."""
+    cpu = max(1, math.ceil(limits.cpu_time))
+    r = RLIMIT_CODES
+    out = [
+        (r["cpu"], cpu, cpu + 1),
+        (r["nproc"], limits.max_processes + 2, limits.max_processes + 2),
+        (r["nofile"], limits.max_open_files, limits.max_open_files),
+        (r["fsize"], limits.max_file_size, limits.max_file_size),
+        (r["core"], 0, 0),
+    ]
+    if data_limit:
+        out += [
+            (r["data"], limits.memory, limits.memory),
+            (r["as"], limits.memory + V8_ADDRESS_SPACE, limits.memory + V8_ADDRESS_SPACE),
+        ]
+    else:
+        out.append((r["as"], limits.memory, limits.memory))
+    return out
+
+
+def _decode_status(status: int, *, via_bwrap: bool) -> tuple[int | None, int | None]:
+    """(exit_code, signal) from a wait status (see the module docstring)."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    code = os.WEXITSTATUS(status)
+    if via_bwrap and 128 < code <= 128 + 64:
+        return None, code - 128
+    return code, None
+
+
+def _env_payload(env: Mapping[str, str]) -> bytes:
+    return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in env.items())
+
+
+def _warm_key(limits: Limits) -> tuple[float | int, ...]:
+    """The limits a pre-started sandbox is bound to (not timeout/max_output)."""
+    return (
+        limits.cpu_time,
+        limits.memory,
+        limits.max_processes,
+        limits.max_open_files,
+        limits.max_file_size,
+        limits.max_disk,
+    )
+
+
+def _probe_uid_range(settings: SandboxSettings) -> str | None:
+    return check_uid_range(settings.uid_base, settings.uid_count)
+
+
+def _untraversable_parent(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that others cannot search, if any."""
+    p = Path(os.path.realpath(path))
+    for d in [*reversed(p.parents), p]:
+        if not os.stat(d).st_mode & 0o001:
+            return d
+    return None
+
+
+def probe_local_sandbox(settings: SandboxSettings) -> str | None:
+    """Check (synchronously) that this machine can run the local backend.
+
+    Returns ``None`` when it can, else a sentence saying why not. Builds the launcher,
+    mounts and unmounts a tmpfs, and runs one real sandbox (``/usr/bin/true`` as an
+    unprivileged uid under bubblewrap).
+    """
+    if not sys.platform.startswith("linux"):
+        return "the local sandbox needs Linux"
+    if os.geteuid() != 0:
+        return (
+            "the local sandbox must run as root, to run sandboxed code under per-sandbox "
+            "unprivileged uids"
+        )
+    if not os.access(settings.bwrap_path, os.X_OK):
+        return f"{settings.bwrap_path} is missing (install it: scripts/install-system-deps.sh)"
+    if not hasattr(os, "pidfd_open"):
+        return "os.pidfd_open is unavailable (Linux >= 5.3 and Python >= 3.9 needed)"
+    for knob, bad in (
+        ("/proc/sys/user/max_user_namespaces", "0"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1"),
+    ):
+        try:
+            with open(knob) as f:
+                if f.read().strip() == bad:
+                    return f"user namespaces are disabled ({knob} = {bad})"
+        except OSError:
+            pass
+    reason = check_uid_range(settings.uid_base, settings.uid_count)
+    if reason:
+        return reason
+    try:
+        settings.runtime_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(settings.runtime_dir, 0o711)
+        blocked = _untraversable_parent(settings.runtime_dir)
+        if blocked is not None:
+            return (
+                f"runtime_dir {settings.runtime_dir} must be reachable by unprivileged "
+                f"uids (bubblewrap runs as one), but {blocked} is not world-searchable"
+            )
+        launcher = build_launcher(settings.runtime_dir)
+    except (OSError, RuntimeError) as exc:
+        return str(exc)
+    probe_dir = settings.runtime_dir / f".probe-{os.getpid()}"
+    try:
+        probe_dir.mkdir(exist_ok=True)
+        mount_tmpfs(probe_dir, 1 << 20)
+        unmount(probe_dir)
+    except OSError as exc:
+        return f"cannot mount a tmpfs (needed for disk quotas): {exc}"
+    finally:
+        try:
+            probe_dir.rmdir()
+        except OSError:
+            pass
+    pool = UidPool(settings.uid_lock_dir, settings.uid_base, settings.uid_count)
+    lease = pool.try_lease()
+    if lease is None:
+        return "every sandbox uid is in use"
+    status_r, status_w = os.pipe()
+    argv = [
+        str(launcher), str(status_w), str(lease.uid), "-a", "--",
+        settings.bwrap_path, "--unshare-all", "--unshare-user", "--disable-userns",
+        "--die-with-parent", "--new-session", "--clearenv", "--ro-bind", "/usr", "/usr",
+        *_root_entries(), "--proc", "/proc", "--remount-ro", "/", "/usr/bin/true",
+    ]  # fmt: skip
+    try:
+        r = subprocess.run(
+            argv, env={}, capture_output=True, timeout=20, check=False, pass_fds=(status_w,)
+        )
+        os.close(status_w)
+        report = os.read(status_r, 256).split()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap could not be run: {exc}"
+    finally:
+        os.close(status_r)
+        try:
+            os.close(status_w)
+        except OSError:
+            pass
+        pool.release(lease)
+    if r.returncode != 0 or not report or report[0] != b"0":
+        err = r.stderr.decode("utf-8", "replace").strip()
+        return f"bubblewrap cannot create a sandbox here ({report!r}): {err}"
+    return None
+
+
+@define(frozen=True, kw_only=True)
+class _Command:
+    launch: Launch
+    bwrap_options: list[str]
+    command: list[str]
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _canonical(path: Path) -> Path:
+    """The real path of a session dir (the key of its lock and its mount)."""
+    return Path(os.path.realpath(path))
+
+
+class _Box:
+    """One sandbox: a uid lease, a scratch tmpfs and (once started) its processes."""
+
+    def __init__(self, lease: UidLease, scratch: Scratch, spec: LanguageSpec) -> None:
+        self.lease = lease
+        self.scratch = scratch
+        self.spec = spec
+        self.sp: Spawned | None = None
+        self.key: tuple[float | int, ...] | None = None
+
+    @property
+    def uid(self) -> int:
+        return self.lease.uid
+
+
+class LocalExecutor(Executor):
+    """Runs code under bubblewrap on this machine (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+        self._langs: dict[str, tuple[LanguageSpec, LanguageInfo]] = {}
+        self._started = False
+        self._closing = False
+        self._instance_dir: Path | None = None
+        self._instance_lock: int | None = None
+        self._uids: UidPool | None = None
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._box_counter = itertools.count()
+        self._boxes: set[_Box] = set()
+        self._teardowns: set[asyncio.Task[None]] = set()
+        self._pool: dict[str, deque[_Box]] = {}
+        self._pool_wake: dict[str, asyncio.Event] = {}
+        self._refills: list[asyncio.Task[None]] = []
+        self._session_locks: dict[str, asyncio.Lock] = {}
+        self._fs_static = _root_entries() + _etc_entries()
+        self._launcher: Path | None = None
+        self._seccomp = seccomp_filter()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Check the machine, detect runtimes, run a smoke sandbox, fill the pool."""
+        if self._started:
+            return
+        reason = await asyncio.to_thread(probe_local_sandbox, self.settings)
+        if reason:
+            raise SandboxUnavailableError(reason)
+        self._setup_runtime_dir()
+        try:
+            self._launcher = await asyncio.to_thread(build_launcher, self.settings.runtime_dir)
+        except RuntimeError as exc:
+            await self.close()
+            raise SandboxUnavailableError(str(exc)) from exc
+        self._langs = await detect_languages(enabled=self.settings.languages)
+        if not self._langs:
+            raise SandboxUnavailableError("no language runtime found (python3, node, ...)")
+        self._started = True
+        try:
+            await self._smoke_test()
+        except BaseException:
+            await self.close()
+            raise
+        if self.settings.warm_pool_size > 0:
+            for spec, _ in self._langs.values():
+                if spec.bootstrap is not None:
+                    self._pool[spec.id] = deque()
+                    self._pool_wake[spec.id] = asyncio.Event()
+                    self._refills.append(asyncio.create_task(self._refill_loop(spec)))
+
+    def _setup_runtime_dir(self) -> None:
+        root = self.settings.runtime_dir
+        root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(root, 0o711)
+        self._cleanup_stale_instances(root)
+        name = f"i{os.getpid()}-{next(_instance_counter)}"
+        inst = root / name
+        inst.mkdir(mode=0o711)
+        fd = os.open(inst / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._instance_lock = fd
+        self._instance_dir = inst
+        self._uids = UidPool(
+            self.settings.uid_lock_dir, self.settings.uid_base, self.settings.uid_count
+        )
+
+    @staticmethod
+    def _cleanup_stale_instances(root: Path) -> None:
+        """Remove instance dirs (and their mounts) left by executors that died."""
+        for entry in root.iterdir():
+            if not entry.name.startswith("i") or not entry.is_dir():
+                continue
+            try:
+                fd = os.open(entry / ".lock", os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = None
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # alive
+                os.close(fd)
+            for point in mounts_under(entry):
+                unmount(Path(point))
+            shutil.rmtree(entry, ignore_errors=True)
+
+    async def _smoke_test(self) -> None:
+        spec = next(iter(self._langs.values()))[0]
+        lease = await self._lease()
+        box = self._new_box(lease, spec, self.settings.defaults, None, prog_writable=False)
+        try:
+            cmd = self._command(box, self.settings.defaults, ["/usr/bin/true"], writable_prog=False)
+            sp = self._start(box, cmd)
+            raw = await supervise(
+                sp,
+                stdin=None,
+                timeout=30,
+                max_output=65536,
+                on_output=None,
+                t0=time.monotonic(),
+            )
+        finally:
+            await self._teardown(box)
+        if raw.wait_status != 0:
+            raise SandboxUnavailableError(
+                f"the smoke-test sandbox failed (status {raw.wait_status}): {raw.stderr.strip()}"
+            )
+
+    async def close(self) -> None:
+        """Kill everything this executor started and remove its runtime directory."""
+        self._closing = True
+        for task in self._refills:
+            task.cancel()
+        await asyncio.gather(*self._refills, return_exceptions=True)
+        self._refills.clear()
+        for box in list(self._boxes):
+            if box.sp is not None:
+                box.sp.discard()
+        for queue in self._pool.values():
+            while queue:
+                self._schedule_teardown(queue.popleft())
+        while self._teardowns:
+            await asyncio.gather(*list(self._teardowns), return_exceptions=True)
+        if self._instance_dir is not None:
+            for point in mounts_under(self._instance_dir):
+                unmount(Path(point))
+            shutil.rmtree(self._instance_dir, ignore_errors=True)
+            self._instance_dir = None
+        if self._instance_lock is not None:
+            os.close(self._instance_lock)
+            self._instance_lock = None
+        self._started = False
+
+    def languages(self) -> list[LanguageInfo]:
+        """Languages whose runtime answered ``--version`` at start."""
+        return [info for _, info in self._langs.values()]
+
+    # ----------------------------------------------------------------- building blocks
+
+    async def _lease(self) -> UidLease:
+        assert self._uids is not None
+        return await self._uids.lease()
+
+    def _new_box(
+        self,
+        lease: UidLease,
+        spec: LanguageSpec,
+        limits: Limits,
+        session_dir: Path | None,
+        *,
+        prog_writable: bool,
+    ) -> _Box:
+        assert self._instance_dir is not None
+        root = self._instance_dir / f"x{lease.uid}-{next(self._box_counter)}"
+        try:
+            scratch = make_scratch(
+                root,
+                lease.uid,
+                limits.max_disk,
+                session_dir=session_dir,
+                prog_writable=prog_writable,
+            )
+        except BaseException:
+            assert self._uids is not None
+            self._uids.release(lease)
+            raise
+        box = _Box(lease, scratch, spec)
+        self._boxes.add(box)
+        return box
+
+    def _command(
+        self,
+        box: _Box,
+        limits: Limits,
+        command: Sequence[str],
+        *,
+        writable_prog: bool,
+        env: Mapping[str, str] | None = None,
+    ) -> _Command:
+        """launcher (rlimits, uid) + bwrap + ``command``; bwrap's options go through a
+        memfd (``--args``), so the caller's environment never shows in a host ``ps``."""
+        s = box.scratch
+        bw: list[str] = [
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--hostname",
+            "sandbox",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            *self._fs_static,
+            "--ro-bind", str(s.etc / "passwd"), "/etc/passwd",
+            "--ro-bind", str(s.etc / "group"), "/etc/group",
+            "--ro-bind", str(s.etc / "hosts"), "/etc/hosts",
+            "--proc", "/proc",
+        ]  # fmt: skip
+        for dev in DEVICES:
+            bw += ["--dev-bind", f"/dev/{dev}", f"/dev/{dev}"]
+        bw += [
+            "--symlink", "/proc/self/fd", "/dev/fd",
+            "--symlink", "/proc/self/fd/0", "/dev/stdin",
+            "--symlink", "/proc/self/fd/1", "/dev/stdout",
+            "--symlink", "/proc/self/fd/2", "/dev/stderr",
+            "--bind", str(s.shm), "/dev/shm",
+            "--bind", str(s.tmp), "/tmp",
+            "--bind", str(s.work), "/work",
+            "--bind" if writable_prog else "--ro-bind", str(s.prog), "/sandbox",
+            "--chdir", "/work",
+        ]  # fmt: skip
+        for k, v in {**BASE_ENV, **(env or {})}.items():
+            bw += ["--setenv", k, v]
+        bw += ["--remount-ro", "/"]
+        assert self._launcher is not None
+        launch = Launch(
+            launcher=str(self._launcher),
+            uid=box.uid,
+            rlimits=rlimits_for(limits, data_limit=box.spec.uses_rlimit_data and not writable_prog),
+            wait_all=True,
+        )
+        return _Command(launch=launch, bwrap_options=bw, command=list(command))
+
+    def _start(
+        self,
+        box: _Box,
+        cmd: _Command,
+        pass_fds: Sequence[int] = (),
+        control_w: int | None = None,
+    ) -> Spawned:
+        """Spawn ``cmd`` with bubblewrap's options in a memfd (``--args FD``)."""
+        memfd = _memfd("bwrap-args", "".join(o + "\0" for o in cmd.bwrap_options).encode())
+        fds = [memfd]
+        try:
+            options = []
+            if self._seccomp is not None:
+                fds.append(_memfd("seccomp", self._seccomp))
+                options = ["--seccomp", str(fds[-1])]
+            argv = [self.settings.bwrap_path, "--args", str(memfd), *options, "--", *cmd.command]
+            sp = start(argv, launch=cmd.launch, pass_fds=[*fds, *pass_fds], control_w=control_w)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        box.sp = sp
+        return sp
+
+    def _schedule_teardown(self, box: _Box) -> None:
+        task = asyncio.ensure_future(self._teardown(box))
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
+
+    async def _teardown(self, box: _Box) -> None:
+        """Kill and reap, unmount the scratch, sweep the uid, release it."""
+        try:
+            sp = box.sp
+            if sp is not None:
+                sp.discard()
+                try:
+                    await asyncio.wait_for(asyncio.shield(sp.exited), 10.0)
+                except TimeoutError:
+                    log.error("sandbox %d did not exit after SIGKILL", sp.pid)
+            box.scratch.destroy()
+            found = await asyncio.to_thread(sweep_uid, box.uid)
+            if found:
+                log.warning("killed %d leftover process(es) of sandbox uid %d", found, box.uid)
+        finally:
+            self._boxes.discard(box)
+            assert self._uids is not None
+            self._uids.release(box.lease)
+
+    # ----------------------------------------------------------------- warm pool
+
+    async def _prestart(self, spec: LanguageSpec) -> _Box:
+        limits = self.settings.defaults
+        lease = await self._lease()
+        box = self._new_box(lease, spec, limits, None, prog_writable=False)
+        try:
+            ctl_r, ctl_w = control_pipe()
+            try:
+                assert spec.bootstrap is not None
+                command = spec.bootstrap(
+                    ctl_r, f"/sandbox/main.{spec.file_extension}", "/work", limits.memory
+                )
+                cmd = self._command(box, limits, command, writable_prog=False)
+                self._start(box, cmd, [ctl_r], control_w=ctl_w)
+            finally:
+                os.close(ctl_r)
+        except BaseException:
+            await self._teardown(box)
+            raise
+        box.key = _warm_key(limits)
+        return box
+
+    async def _refill_loop(self, spec: LanguageSpec) -> None:
+        queue = self._pool[spec.id]
+        wake = self._pool_wake[spec.id]
+        failures = 0
+        while not self._closing:
+            if len(queue) < self.settings.warm_pool_size:
+                try:
+                    box = await self._prestart(spec)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    log.exception("could not pre-start a %s sandbox", spec.id)
+                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                    continue
+                failures = 0
+                if self._closing:
+                    self._schedule_teardown(box)
+                    return
+                queue.append(box)
+                continue
+            wake.clear()
+            await wake.wait()
+
+    def _take_warm(self, spec: LanguageSpec, limits: Limits) -> _Box | None:
+        queue = self._pool.get(spec.id)
+        if not queue or _warm_key(limits) != _warm_key(self.settings.defaults):
+            return None
+        try:
+            while queue:
+                box = queue.popleft()
+                if self._healthy(box):
+                    return box
+                log.warning("discarding an unhealthy pre-started %s sandbox", spec.id)
+                self._schedule_teardown(box)
+            return None
+        finally:
+            self._pool_wake[spec.id].set()
+
+    @staticmethod
+    def _healthy(box: _Box) -> bool:
+        sp = box.sp
+        if sp is None or not sp.alive or sp.stdout_r is None or sp.stderr_r is None:
+            return False
+        poller = select.poll()
+        poller.register(sp.stdout_r, select.POLLIN)
+        poller.register(sp.stderr_r, select.POLLIN)
+        return not poller.poll(0)
+
+    # ----------------------------------------------------------------- execution
+
+    async def execute(
+        self, req: ExecutionRequest, on_output: OutputCallback | None = None
+    ) -> ExecutionOutcome:
+        """Run ``req`` in a fresh sandbox (see :class:`~.base.Executor`)."""
+        entry = self._langs.get(resolve_language(req.language))
+        if entry is None:
+            raise UnsupportedLanguageError(req.language)
+        if not self._started or self._closing:
+            raise SandboxError("the executor is not running")
+        validate_env(req.env)
+        spec = entry[0]
+        async with self._slots:
+            if req.workdir is None:
+                return await self._execute(spec, req, on_output, None)
+            session = _canonical(req.workdir)
+            lock = self._session_locks.setdefault(str(session), asyncio.Lock())
+            async with lock:
+                ensure_session_dir(session, req.limits.max_disk)
+                return await self._execute(spec, req, on_output, session)
+
+    async def _execute(
+        self,
+        spec: LanguageSpec,
+        req: ExecutionRequest,
+        on_output: OutputCallback | None,
+        session: Path | None,
+    ) -> ExecutionOutcome:
+        limits = req.limits
+        stdin = req.stdin.encode("utf-8", "surrogateescape") if req.stdin is not None else None
+        code = req.code.encode("utf-8", "surrogateescape")
+        program = f"main.{spec.file_extension}"
+        box = None
+        if session is None and not spec.compiled:
+            box = self._take_warm(spec, limits)
+        if box is None:
+            lease = await self._lease()
+            if session is not None:
+                await asyncio.to_thread(chown_tree, session, lease.uid)
+            box = self._new_box(lease, spec, limits, session, prog_writable=spec.compiled)
+        try:
+            write_new_file(box.scratch.prog / program, code)
+            if spec.compiled:
+                return await self._run_compiled(box, req, stdin, on_output)
+            if box.sp is None:  # cold
+                ctl_r, ctl_w = control_pipe()
+                try:
+                    assert spec.bootstrap is not None
+                    command = spec.bootstrap(ctl_r, f"/sandbox/{program}", "/work", limits.memory)
+                    cmd = self._command(box, limits, command, writable_prog=False)
+                    t0 = time.monotonic()
+                    sp = self._start(box, cmd, [ctl_r], control_w=ctl_w)
+                finally:
+                    os.close(ctl_r)
+            else:
+                sp = box.sp
+                t0 = time.monotonic()
+            payload = _env_payload(req.env)
+
+            async def go() -> None:
+                await send_control(sp, payload)
+
+            raw = await supervise(
+                sp,
+                stdin=stdin,
+                timeout=limits.timeout,
+                max_output=limits.max_output,
+                on_output=on_output,
+                t0=t0,
+                before_io=go,
+            )
+            return self._outcome(raw, None)
+        finally:
+            self._schedule_teardown(box)
+
+    async def _run_compiled(
+        self,
+        box: _Box,
+        req: ExecutionRequest,
+        stdin: bytes | None,
+        on_output: OutputCallback | None,
+    ) -> ExecutionOutcome:
+        spec, limits = box.spec, req.limits
+        assert spec.compile_argv is not None
+        write_new_file(box.scratch.prog / C_INIT_NAME, C_INIT_SOURCE.encode())
+        command = spec.compile_argv(
+            f"/sandbox/main.{spec.file_extension}", f"/sandbox/{C_INIT_NAME}", "/sandbox/main"
+        )
+        cmd = self._command(box, limits, command, writable_prog=True)
+        sp = self._start(box, cmd)
+        raw = await supervise(
+            sp,
+            stdin=None,
+            timeout=limits.timeout,
+            max_output=limits.max_output,
+            on_output=None,
+            t0=time.monotonic(),
+        )
+        compile_output = raw.stdout + raw.stderr
+        exit_code, sig = _decode_status(raw.wait_status, via_bwrap=True)
+        if raw.timed_out or exit_code != 0:
+            return ExecutionOutcome(
+                stdout="",
+                stderr=compile_output,
+                exit_code=exit_code,
+                signal=sig,
+                timed_out=raw.timed_out,
+                stdout_truncated=False,
+                stderr_truncated=raw.stdout_truncated or raw.stderr_truncated,
+                execution_time_ms=0.0,
+                memory_usage=raw.max_rss,
+                compile_output=compile_output,
+            )
+        cmd = self._command(box, limits, ["/sandbox/main"], writable_prog=False, env=req.env)
+        t0 = time.monotonic()
+        sp = self._start(box, cmd)
+        raw = await supervise(
+            sp,
+            stdin=stdin,
+            timeout=limits.timeout,
+            max_output=limits.max_output,
+            on_output=on_output,
+            t0=t0,
+        )
+        return self._outcome(raw, compile_output)
+
+    @staticmethod
+    def _outcome(raw: RawResult, compile_output: str | None) -> ExecutionOutcome:
+        exit_code, sig = _decode_status(raw.wait_status, via_bwrap=True)
+        return ExecutionOutcome(
+            stdout=raw.stdout,
+            stderr=raw.stderr,
+            exit_code=exit_code,
+            signal=sig,
+            timed_out=raw.timed_out,
+            stdout_truncated=raw.stdout_truncated,
+            stderr_truncated=raw.stderr_truncated,
+            execution_time_ms=raw.elapsed_ms,
+            memory_usage=raw.max_rss,
+            compile_output=compile_output,
+        )
+
+    async def release_workdir(self, workdir: Path) -> None:
+        """Unmount a session dir's quota tmpfs and delete it (the session is over)."""
+        session = _canonical(workdir)
+        lock = self._session_locks.pop(str(session), None)
+        if lock is not None:
+            async with lock:
+                await asyncio.to_thread(release_session_dir, session)
+        else:
+            await asyncio.to_thread(release_session_dir, session)

@@ -1,0 +1,518 @@
+"""Starting and supervising one sandbox process tree (shared by the local backends).
+
+:func:`start` starts ``argv`` in a new session with an *empty* environment and
+three fresh pipes; the exit is observed through a pidfd and reaped with ``wait4``
+(so the peak RSS of the whole tree, ``ru_maxrss``, is known: every process in the
+sandbox is reaped by its parent up the chain, and the kernel keeps the maximum).
+
+:func:`supervise` feeds stdin, pumps stdout/stderr incrementally (to the caller's
+callback, in arrival order, with back-pressure), enforces the wall-clock timeout and
+the per-stream output cap, and returns a :class:`RawResult`.
+
+Killing: for a bubblewrap sandbox the right victim is bwrap's *inner* pid 1 (the
+init of the sandbox's pid namespace): its death makes the kernel SIGKILL every
+process in the namespace at once, whatever session or process group they moved to,
+and the outer bwrap, still our child, reaps it. The process group is killed too
+(and is the only mechanism for the insecure backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import functools
+import inspect
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from attrs import define
+
+from .base import OutputCallback
+
+__all__ = [
+    "Launch",
+    "RawResult",
+    "Spawned",
+    "control_pipe",
+    "send_control",
+    "start",
+    "supervise",
+]
+
+_PIPE_FLAGS = os.O_CLOEXEC
+
+#: Longest we wait for the pipes to reach EOF once the process tree is gone.
+EOF_GRACE_S = 10.0
+
+
+@define(frozen=True, kw_only=True)
+class RawResult:
+    """What :func:`supervise` observed."""
+
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    #: ``os.wait4`` status of the spawned process.
+    wait_status: int
+    timed_out: bool
+    elapsed_ms: float
+    max_rss: int
+
+
+class Spawned:
+    """A started process tree owned by this process (see :func:`start`)."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stdin_w: int,
+        stdout_r: int,
+        stderr_r: int,
+        control_w: int | None,
+        status_r: int | None,
+    ) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdin_w: int | None = stdin_w
+        self.stdout_r: int | None = stdout_r
+        self.stderr_r: int | None = stderr_r
+        self.control_w = control_w
+        self._status_r = status_r
+        self.started = time.monotonic()
+        self.killed = False
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        #: ``(wait status of the command, peak RSS in bytes or None)`` once reaped.
+        self.exited: asyncio.Future[tuple[int, int | None]] = loop.create_future()
+        self._pidfd: int | None = os.pidfd_open(self.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        if self._status_r is None:
+            # No launcher: the leader is a zombie until reaped, so its process group
+            # id cannot have been reused yet; kill what is left in the group.
+            _killpg_quiet(self.pid)
+        try:
+            pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: should not happen
+            pid, status, rusage = self.pid, 0, None
+        if pid == 0:
+            return
+        self._close_pidfd()
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        result: tuple[int, int | None]
+        if self._status_r is not None:
+            report = b""
+            try:
+                report = os.read(self._status_r, 256)
+            except OSError:
+                pass
+            os.close(self._status_r)
+            self._status_r = None
+            fields = report.split()
+            if len(fields) == 2:
+                result = (int(fields[0]), int(fields[1]) * 1024)
+            else:  # the launcher itself was killed: no report
+                result = (status, None)
+        else:
+            result = (status, int(rusage.ru_maxrss) * 1024 if rusage is not None else None)
+        if not self.exited.done():
+            self.exited.set_result(result)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the spawned process has not been reaped yet."""
+        return not self.exited.done()
+
+    def kill(self) -> None:
+        """Kill the whole tree now; idempotent.
+
+        With the launcher: SIGTERM asks it to SIGKILL its child's process group
+        (bubblewrap's two processes; the pid namespace dies with its pid 1), then it
+        reaps everything and reports. If it has not exited two seconds later, it is
+        SIGKILLed itself (its child follows through ``PR_SET_PDEATHSIG``).
+        """
+        if self.exited.done():
+            return
+        self.killed = True
+        if self._status_r is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self._loop.call_later(2.0, self._killpg)
+        else:
+            self._killpg()
+
+    def _killpg(self) -> None:
+        if self.exited.done():
+            return
+        _killpg_quiet(self.pid)
+
+    def close_fds(self) -> None:
+        """Close our ends of every pipe still open (not the launcher's status pipe)."""
+        for attr in ("stdin_w", "stdout_r", "stderr_r", "control_w"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, attr, None)
+
+    def discard(self) -> None:
+        """Kill, close pipes; reaping still happens through the pidfd watcher."""
+        self.kill()
+        self.close_fds()
+
+
+def control_pipe() -> tuple[int, int]:
+    """A pipe for control data: ``(read end for the child, write end for us)``."""
+    r, w = os.pipe2(_PIPE_FLAGS)
+    return r, w
+
+
+@define(frozen=True, kw_only=True)
+class Launch:
+    """How to start a command through the launcher (see :mod:`.launcher`)."""
+
+    launcher: str
+    #: Host uid to run as; ``None`` keeps the server's.
+    uid: int | None = None
+    #: ``(resource, soft, hard)`` triples, resource numbers from ``RLIMIT_CODES``.
+    rlimits: Sequence[tuple[int, int, int]] = ()
+    #: Wait for every descendant (bubblewrap) instead of killing the group after the child.
+    wait_all: bool = True
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    launch: Launch | None,
+    pass_fds: Sequence[int] = (),
+    control_w: int | None = None,
+) -> Spawned:
+    """Start ``argv`` with an empty environment, in a new session, with new pipes.
+
+    With ``launch``, through the launcher (exact peak RSS, rlimits, uid drop); without,
+    directly (peak RSS then includes the server's own, see :mod:`.launcher`).
+    ``pass_fds`` are inherited under the same numbers (the caller closes its copies
+    afterwards). ``control_w`` is the write end of a control pipe whose read end is in
+    ``pass_fds``. Must run on the event loop thread.
+    """
+    in_r, in_w = os.pipe2(_PIPE_FLAGS)
+    out_r, out_w = os.pipe2(_PIPE_FLAGS)
+    err_r, err_w = os.pipe2(_PIPE_FLAGS)
+    status_r: int | None = None
+    status_w: int | None = None
+    fds = list(pass_fds)
+    full = list(argv)
+    if launch is not None:
+        status_r, status_w = os.pipe2(_PIPE_FLAGS)
+        fds.append(status_w)
+        opts = [str(status_w), str(launch.uid if launch.uid is not None else -1)]
+        if launch.wait_all:
+            opts.append("-a")
+        for res, soft, hard in launch.rlimits:
+            opts += ["-r", f"{res}:{soft}:{hard}"]
+        full = [launch.launcher, *opts, "--", *full]
+    try:
+        popen = subprocess.Popen(
+            full,
+            stdin=in_r,
+            stdout=out_w,
+            stderr=err_w,
+            pass_fds=tuple(fds),
+            env={},
+            close_fds=True,
+            start_new_session=True,
+        )
+    except BaseException:
+        for fd in (in_w, out_r, err_r, status_r):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        for fd in (in_r, out_w, err_w, status_w):
+            if fd is not None:
+                os.close(fd)
+    for fd in (in_w, out_r, err_r):
+        os.set_blocking(fd, False)
+    return Spawned(popen, in_w, out_r, err_r, control_w, status_r)
+
+
+class _Dispatcher:
+    """Delivers output chunks to the caller's callback in arrival order.
+
+    Synchronous callbacks are called inline; awaitables returned are awaited one by one
+    by a single task. While more than ``HIGH`` chunks wait, the pipes stop being read
+    (the sandboxed program then blocks on a full pipe: back-pressure, no memory growth).
+    """
+
+    HIGH = 16
+    LOW = 4
+
+    def __init__(self, callback: OutputCallback | None) -> None:
+        self.callback = callback
+        self.queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.pausers: list[Callable[[bool], None]] = []
+        self.paused = False
+        self.error: BaseException | None = None
+        self.on_error: Callable[[], None] = lambda: None
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+            self.on_error()
+
+    def emit(self, stream: str, text: str) -> None:
+        if self.callback is None or not text or self.error is not None:
+            return
+        if self.task is None and self.queue.empty():
+            try:
+                result = self.callback(stream, text)
+            except Exception as exc:  # stop the program, report after reaping it
+                self._fail(exc)
+                return
+            if inspect.isawaitable(result):
+                self.task = asyncio.ensure_future(self._drain(result))
+            return
+        self.queue.put_nowait((stream, text))
+        if self.queue.qsize() > self.HIGH and not self.paused:
+            self.paused = True
+            for pause in self.pausers:
+                pause(True)
+
+    async def _drain(self, first: Awaitable[None]) -> None:
+        try:
+            await first
+            while True:
+                if self.paused and self.queue.qsize() < self.LOW:
+                    self.paused = False
+                    for pause in self.pausers:
+                        pause(False)
+                if self.queue.empty():
+                    return
+                item = self.queue.get_nowait()
+                if item is None:
+                    return
+                assert self.callback is not None
+                result = self.callback(*item)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self.task = None
+            if self.paused:
+                self.paused = False
+                for pause in self.pausers:
+                    pause(False)
+            if not self.queue.empty() and self.error is None:
+                # Items queued while the last awaitable finished: keep going.
+                self.task = asyncio.ensure_future(self._drain(_noop()))
+
+    async def flush(self) -> None:
+        while self.task is not None:
+            await asyncio.shield(self.task)
+
+
+async def _noop() -> None:
+    return None
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Reads one output pipe: keeps up to ``cap`` bytes, decodes incrementally."""
+
+    def __init__(
+        self, name: str, cap: int, dispatcher: _Dispatcher, on_overflow: Callable[[], None]
+    ) -> None:
+        self.name = name
+        self.cap = cap
+        self.kept = 0
+        self.truncated = False
+        self.parts: list[str] = []
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.dispatcher = dispatcher
+        self.on_overflow = on_overflow
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self.transport = transport
+
+    def pause(self, on: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if on:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.truncated:
+            return
+        room = self.cap - self.kept
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        self.kept += len(data)
+        text = self.decoder.decode(data)
+        if text:
+            self.parts.append(text)
+            self.dispatcher.emit(self.name, text)
+        if self.truncated:
+            self.on_overflow()
+
+    def _finish(self) -> None:
+        tail = self.decoder.decode(b"", final=True)
+        if tail:
+            self.parts.append(tail)
+            self.dispatcher.emit(self.name, tail)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        self._finish()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class _StdinProtocol(asyncio.BaseProtocol):
+    """Write side of the stdin pipe; errors (the program stopped reading) are ignored."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        return None
+
+
+async def _open_writer(fd: int, data: bytes) -> asyncio.WriteTransport:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_write_pipe(_StdinProtocol, os.fdopen(fd, "wb", buffering=0))
+    if data:
+        transport.write(data)
+    transport.close()  # flushes what is buffered, then closes
+    return transport
+
+
+async def send_control(sp: Spawned, payload: bytes) -> None:
+    """Write the control payload to the child and close the control pipe."""
+    fd = sp.control_w
+    if fd is None:
+        return
+    sp.control_w = None
+    os.set_blocking(fd, False)
+    await _open_writer(fd, payload)
+
+
+async def supervise(
+    sp: Spawned,
+    *,
+    stdin: bytes | None,
+    timeout: float,
+    max_output: int,
+    on_output: OutputCallback | None,
+    t0: float,
+    before_io: Callable[[], Awaitable[None]] | None = None,
+) -> RawResult:
+    """Drive ``sp`` to completion (see the module docstring).
+
+    ``t0`` is the ``time.monotonic()`` the run is measured from; the timeout counts
+    from it too. ``before_io`` runs once the pipes are being read (the warm path sends
+    the control data there, so output produced immediately is never missed).
+    On cancellation the tree is killed and reaped before ``CancelledError`` propagates.
+    """
+    loop = asyncio.get_running_loop()
+    dispatcher = _Dispatcher(on_output)
+    dispatcher.on_error = sp.kill
+    overflowed = False
+
+    def on_overflow() -> None:
+        nonlocal overflowed
+        overflowed = True
+        sp.kill()
+
+    protos: list[_StreamProtocol] = []
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        for name, attr in (("stdout", "stdout_r"), ("stderr", "stderr_r")):
+            fd = getattr(sp, attr)
+            setattr(sp, attr, None)
+            proto = _StreamProtocol(name, max_output, dispatcher, on_overflow)
+            transport, _ = await loop.connect_read_pipe(
+                functools.partial(_same, proto), os.fdopen(fd, "rb", buffering=0)
+            )
+            transports.append(transport)
+            protos.append(proto)
+            dispatcher.pausers.append(proto.pause)
+        if before_io is not None:
+            await before_io()
+        if sp.stdin_w is not None:
+            fd, sp.stdin_w = sp.stdin_w, None
+            transports.append(await _open_writer(fd, stdin or b""))
+
+        timed_out = False
+        remaining = max(0.0, t0 + timeout - time.monotonic())
+        try:
+            await asyncio.wait_for(asyncio.shield(sp.exited), remaining)
+        except TimeoutError:
+            if sp.alive:
+                timed_out = True
+                sp.kill()
+        status, max_rss = await asyncio.shield(sp.exited)
+        elapsed_ms = (time.monotonic() - t0) * 1000.0
+        await asyncio.wait([asyncio.shield(p.done) for p in protos], timeout=EOF_GRACE_S)
+        await dispatcher.flush()
+        if dispatcher.error is not None:
+            raise dispatcher.error
+        return RawResult(
+            stdout=protos[0].text,
+            stderr=protos[1].text,
+            stdout_truncated=protos[0].truncated,
+            stderr_truncated=protos[1].truncated,
+            wait_status=status,
+            timed_out=timed_out and not overflowed,
+            elapsed_ms=elapsed_ms,
+            max_rss=max_rss or 0,
+        )
+    except asyncio.CancelledError:
+        sp.kill()
+        try:
+            await asyncio.wait_for(asyncio.shield(sp.exited), 5.0)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        raise
+    finally:
+        if sp.alive:
+            sp.kill()
+        for t in transports:
+            t.close()
+        sp.close_fds()
+
+
+def _same(proto: _StreamProtocol) -> _StreamProtocol:
+    return proto
+
+
+def _killpg_quiet(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
