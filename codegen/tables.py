@@ -36,8 +36,48 @@ def _constraints(s: dict[str, Any]) -> str:
     return "; ".join(out).replace("|", "\\|")
 
 
+def _operations(bundle: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Operations\n",
+        "| operation | method and path | request | response / stream events | idempotent |",
+        "|---|---|---|---|---|",
+    ]
+    for op in bundle["x-operations"]:
+        req = op["request"].rsplit("/", 1)[-1] if op["request"] else "—"
+        if op["response"]:
+            resp = op["response"].rsplit("/", 1)[-1]
+            answer = f"[{resp}](#{resp.lower()})"
+        else:
+            event = op["stream_event"].rsplit("/", 1)[-1]
+            answer = f"`text/event-stream` of [{event}](#{event.lower()})"
+        if op["query"]:
+            q = op["query"].rsplit("/", 1)[-1]
+            req = f"query [{q}](#{q.lower()})"
+        elif op["request"]:
+            req = f"[{req}](#{req.lower()})"
+        idem = "yes" + (" (Idempotency-Key)" if op["idempotency_key"] else "")
+        lines.append(
+            f"| `{op['name']}` | `{op['method']} {op['path']}` | {req} | {answer} "
+            f"| {idem if op['idempotent'] else 'no'} |"
+        )
+    lines.append("")
+    lines += [
+        "### Error codes\n",
+        "| code | HTTP status | SDK exception | retried by the SDK | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for code, info in bundle["x-error-codes"].items():
+        lines.append(
+            f"| `{code}` | {info['http_status']} | `{info['exception']}` "
+            f"| {'yes' if info['retryable'] else 'no'} | {info['description']} |"
+        )
+    lines.append("")
+    return lines
+
+
 def protocol_tables(bundle: dict[str, Any]) -> str:
-    lines: list[str] = []
+    lines: list[str] = _operations(bundle)
+    lines.append("## Message types\n")
     for name, s in bundle["$defs"].items():
         lines.append(f"### {name}\n")
         lines.append(" ".join(s.get("description", "").split()) + "\n")
