@@ -66,6 +66,31 @@ def _raise_for_error(
     )
 
 
+def _raise_for_unknown_error(
+    data: dict[str, Any], http_status: int, request_id: str | None, headers: Mapping[str, str]
+) -> None:
+    """Raise the error of an error envelope that does not fit the model, if it has one.
+
+    A newer server of the same protocol year may send an error code this SDK predates (MINOR
+    bumps add enum members): the envelope then fails to structure, but its code and message
+    still say what happened, and exception_for_code maps an unknown code to MCPError.
+    """
+    error = data.get("error")
+    if data.get("status") != "error" or not isinstance(error, dict):
+        return
+    code, message, details = error.get("code"), error.get("message"), error.get("details")
+    if not isinstance(code, str) or not isinstance(message, str):
+        return
+    raise errors.exception_for_code(code)(
+        message,
+        code=code,
+        http_status=http_status,
+        request_id=request_id,
+        details=dict(details) if isinstance(details, dict) else {},
+        retry_after=_retry_after(headers),
+    )
+
+
 def _unexpected(
     message: str, status: int, request_id: str | None, headers: Mapping[str, str]
 ) -> errors.MCPError:
@@ -121,6 +146,7 @@ def decode_envelope(
     try:
         envelope: Any = structure(data, model)
     except StructureError as exc:
+        _raise_for_unknown_error(data, status, request_id, headers)
         raise errors.MCPProtocolError(
             f"malformed {model.__name__}: {exc}",
             http_status=status,
@@ -153,7 +179,10 @@ def raise_error_answer(
         if data.get("status") != "error":
             return
         error = structure(data["error"], ErrorObject)
-    except (orjson.JSONDecodeError, AttributeError, KeyError, StructureError):
+    except StructureError:
+        _raise_for_unknown_error(data, status, request_id, headers)
+        return
+    except (orjson.JSONDecodeError, AttributeError, KeyError):
         return
     _raise_for_error(error, status, request_id, headers)
 

@@ -15,6 +15,50 @@ from typing import Any
 Validator = Callable[[Any, Any, Any], None]
 
 
+def _ecma_to_python(regex: str) -> str:
+    """A JSON Schema (ECMA-262) ``pattern`` as a Python regex with the same meaning.
+
+    ECMA's ``$`` (without the multiline flag) matches only at the very end of the input;
+    Python's ``$`` also matches before a final newline, so ``^[a-z]+$`` would accept
+    ``"python\\n"``. Every ``$`` outside a character class becomes ``\\Z``.
+    """
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(regex):
+        char = regex[i]
+        if char == "\\":
+            out.append(regex[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if char == "]":
+                in_class = False
+        elif char == "[":
+            in_class = True
+            # a ']' right after '[' or '[^' is a literal member of the class
+            out.append(char)
+            i += 1
+            if regex[i : i + 1] == "^":
+                out.append("^")
+                i += 1
+            if regex[i : i + 1] == "]":
+                out.append("]")
+                i += 1
+            continue
+        elif char == "$":
+            out.append(r"\Z")
+            i += 1
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def compile_pattern(regex: str) -> Callable[[str], re.Match[str] | None]:
+    """The ``search`` of a JSON Schema ``pattern`` (unanchored, as JSON Schema says)."""
+    return re.compile(_ecma_to_python(regex)).search
+
+
 def min_len(n: int) -> Validator:
     def check(_inst: Any, attr: Any, value: Any) -> None:
         if value is not None and len(value) < n:
@@ -32,37 +76,50 @@ def max_len(n: int) -> Validator:
 
 
 def pattern(regex: str) -> Validator:
-    compiled = re.compile(regex)
+    search = compile_pattern(regex)
 
     def check(_inst: Any, attr: Any, value: Any) -> None:
-        if value is not None and compiled.search(value) is None:
+        if value is not None and search(value) is None:
             raise ValueError(f"{attr.name}: {value[:80]!r} does not match {regex}")
 
     return check
 
 
-def _bound(op: str, limit: float, test: Callable[[Any], bool]) -> Validator:
+def _fail(attr: Any, op: str, limit: float, value: Any) -> ValueError:
+    return ValueError(f"{attr.name}: must be {op} {limit} (got {value!r})")
+
+
+# ``not value >= limit`` rather than ``value < limit``: NaN fails every bound
+def ge(limit: float) -> Validator:
     def check(_inst: Any, attr: Any, value: Any) -> None:
-        if value is not None and not test(value):
-            raise ValueError(f"{attr.name}: must be {op} {limit} (got {value!r})")
+        if value is not None and not value >= limit:
+            raise _fail(attr, ">=", limit, value)
 
     return check
 
 
-def ge(limit: float) -> Validator:
-    return _bound(">=", limit, lambda v: v >= limit)
-
-
 def le(limit: float) -> Validator:
-    return _bound("<=", limit, lambda v: v <= limit)
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if value is not None and not value <= limit:
+            raise _fail(attr, "<=", limit, value)
+
+    return check
 
 
 def gt(limit: float) -> Validator:
-    return _bound(">", limit, lambda v: v > limit)
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if value is not None and not value > limit:
+            raise _fail(attr, ">", limit, value)
+
+    return check
 
 
 def lt(limit: float) -> Validator:
-    return _bound("<", limit, lambda v: v < limit)
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if value is not None and not value < limit:
+            raise _fail(attr, "<", limit, value)
+
+    return check
 
 
 def min_items(n: int) -> Validator:
@@ -101,13 +158,13 @@ def each(*validators: Validator) -> Validator:
 
 
 def keys_match(regex: str) -> Validator:
-    compiled = re.compile(regex)
+    search = compile_pattern(regex)
 
     def check(_inst: Any, attr: Any, value: Mapping[str, Any] | None) -> None:
         if value is None:
             return
         for key in value:
-            if compiled.search(key) is None:
+            if search(key) is None:
                 raise ValueError(f"{attr.name}: key {key[:80]!r} does not match {regex}")
 
     return check
@@ -124,11 +181,14 @@ def values_max_len(n: int) -> Validator:
     return check
 
 
+_fromisoformat = datetime.fromisoformat
+
+
 def date_time(_inst: Any, attr: Any, value: Any) -> None:
     if value is None:
         return
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = _fromisoformat(value)
     except ValueError:
         raise ValueError(f"{attr.name}: {value[:40]!r} is not an RFC 3339 date-time") from None
     if parsed.tzinfo is None or "T" not in value:
