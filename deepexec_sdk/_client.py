@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -21,11 +23,11 @@ from deepexec_protocol import models as m
 from deepexec_protocol.constants import ERROR_CODES, OPERATIONS, Operation
 
 from . import __version__
-from ._config import ClientConfig, resolve_config
+from ._config import ClientConfig, redact, resolve_config
 from ._logging import logger, setup_logging
 from ._results import check_execution as _check_execution
 from ._results import job_result as _job_result
-from ._retry import RetryPolicy, call_with_retries, is_retryable_status, new_idempotency_key
+from ._retry import RetryPolicy, call_with_retries, is_retryable_status
 from ._streams import ExecutionStream, TextStream
 from .exceptions import (
     MCPConnectionError,
@@ -45,6 +47,13 @@ OutputCallback = Callable[[str], Awaitable[None] | None]
 _SERVER_SLACK = 10.0
 #: polling fallback: first interval and cap, in seconds (the interval grows by half each poll)
 _POLL_START, _POLL_MAX = 0.05, 1.0
+
+
+def _new_idempotency_key() -> str:
+    """A random UUID4 string, as ``_retry.new_idempotency_key`` makes, at half the cost
+    (it is made on every POST)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
@@ -121,6 +130,13 @@ class DeepExecAsyncClient:
         self._session: aiohttp.ClientSession | None = None
         self._base_headers = self._make_headers()
         self._events_supported = True
+        self._closed = False
+        self._secrets = tuple(
+            secret
+            for secret in (self._config.deepseek_key, self._config.e2b_key, self._config.api_key)
+            if secret
+        )
+        self._retry_checks = {name: self._retry_check(op) for name, op in OPERATIONS.items()}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -145,13 +161,17 @@ class DeepExecAsyncClient:
         return out
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise MCPError("the DeepExecAsyncClient is closed")
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._config.verify_ssl)
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:
-        """Close the HTTP connections. The client can not be used afterwards."""
+        """Close the HTTP connections (idempotent). The client can not be used afterwards:
+        its calls raise MCPError."""
+        self._closed = True
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
@@ -169,26 +189,41 @@ class DeepExecAsyncClient:
         retry connection failures, timeouts and the retryable protocol errors. The others
         (a direct execution or generation would run twice) retry only what proves the
         server did nothing: a refused connection, 429, 503.
+
+        A protocol error envelope is judged by its code; an answer that is no protocol
+        message (a proxy's 502 page, a bare 408) by its HTTP status, since the exception
+        class it was given carries only a default code.
         """
+        return self._retry_checks[op.name]
+
+    @staticmethod
+    def _retry_check(op: Operation) -> Callable[[Exception], bool]:
+        idempotent = op.idempotent
 
         def check(exc: Exception) -> bool:
             if isinstance(exc, MCPConnectionError):
                 cause = exc.__cause__
+                if isinstance(cause, aiohttp.ClientSSLError):
+                    return False  # a certificate problem does not go away
                 refused = isinstance(cause, aiohttp.ClientConnectorError)
-                return op.idempotent or refused
-            if isinstance(exc, MCPTimeoutError) and exc.code is None:
-                return op.idempotent  # our own client-side timeout
+                return idempotent or refused
             if not isinstance(exc, MCPError):
                 return False
-            if exc.code is not None and exc.code in ERROR_CODES:
-                if not op.idempotent:
-                    return exc.code in ("rate_limit_exceeded", "service_unavailable")
-                return ERROR_CODES[exc.code].retryable
-            if exc.http_status is None:
+            status = exc.http_status
+            if isinstance(exc, MCPTimeoutError) and status is None:
+                return idempotent  # our own client-side timeout
+            info = ERROR_CODES.get(exc.code) if exc.code is not None else None
+            # an error envelope carries its code's status; a stream_error event, the
+            # stream's 200
+            if info is not None and status in (info.http_status, 200):
+                if not idempotent:
+                    return info.code in ("rate_limit_exceeded", "service_unavailable")
+                return info.retryable
+            if status is None:
                 return False
-            if not op.idempotent:
-                return exc.http_status in (429, 503)
-            return is_retryable_status(exc.http_status)
+            if not idempotent:
+                return status in (429, 503)
+            return is_retryable_status(status)
 
         return check
 
@@ -200,11 +235,16 @@ class DeepExecAsyncClient:
         timeout: float | None = None,
         **kwargs: Any,
     ) -> T:
-        """Call generated operation ``name`` with retries; one idempotency key for all."""
+        """Call generated operation ``name`` with retries; one idempotency key for all.
+
+        The first attempt runs directly: the retry machinery (tenacity) is entered only
+        once an attempt has failed with a retryable error, so a call that succeeds pays
+        nothing for it.
+        """
         op = OPERATIONS[name]
         headers = dict(self._base_headers)
         if op.method == "POST":
-            headers["Idempotency-Key"] = new_idempotency_key()
+            headers["Idempotency-Key"] = _new_idempotency_key()
         session = self._http()
         endpoint = self._config.endpoint
         limit = self._config.timeout if timeout is None else timeout
@@ -223,7 +263,66 @@ class DeepExecAsyncClient:
                     (time.perf_counter() - started) * 1000,
                 )
 
-        return await call_with_retries(self._policy, attempt, is_retryable=self._is_retryable(op))
+        retryable = self._retry_checks[name]
+        try:
+            return await attempt(0)
+        except MCPError as exc:
+            if self._policy.max_retries == 0 or not retryable(exc):
+                self._scrub(exc)
+                raise
+            first_failure = exc
+
+        async def again(number: int) -> T:
+            if number == 0:
+                raise first_failure  # already happened: let the policy decide the wait
+            return await attempt(number)
+
+        try:
+            return await call_with_retries(self._policy, again, is_retryable=retryable)
+        except MCPError as exc:
+            self._scrub(exc)
+            raise
+
+    def _scrubbing(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
+        """``events``, with :meth:`_scrub` applied to the errors its iteration raises."""
+        if not self._secrets:
+            return events
+        return self._scrub_stream(events)
+
+    async def _scrub_stream(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
+        try:
+            async for event in events:
+                yield event
+        except MCPError as exc:
+            self._scrub(exc)
+            raise
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    def _scrub(self, exc: MCPError) -> None:
+        """Mask any configured secret out of ``exc``'s message and details. A server must
+        never echo a key; a misbehaving one must not make the SDK leak it either."""
+        secrets = self._secrets
+        if not secrets or not any(s in repr((exc.message, exc.details)) for s in secrets):
+            return
+
+        def mask(text: str) -> str:
+            for secret in secrets:
+                text = text.replace(secret, redact(secret))
+            return text
+
+        exc.message = mask(exc.message)
+        exc.args = (exc.message, *exc.args[1:])
+        details: dict[str, Any] = {}
+        for key, value in exc.details.items():
+            if isinstance(value, str):
+                value = mask(value)
+            elif any(secret in repr(value) for secret in secrets):
+                value = mask(repr(value))
+            details[key] = value
+        exc.details = details
 
     def _envelope(
         self, type_: str, payload: dict[str, Any], session_id: str | None
@@ -242,13 +341,29 @@ class DeepExecAsyncClient:
     async def health(self) -> m.HealthInfo:
         """The server's health, versions and job counts.
 
+        Returns:
+            HealthInfo: ``status`` (``ok`` or ``degraded``), the server's ``version`` and
+            ``protocol_version``, ``uptime`` (s), ``sandbox_backend``,
+            ``text_generation_available`` and the ``jobs_pending`` / ``jobs_running`` counts.
+
         Raises:
             MCPConnectionError: the server can not be reached.
+            MCPAuthError: the server has tokens and ``api_key`` is missing or wrong.
         """
         return await self._call("health", ops.health.asyncio)
 
     async def list_languages(self) -> list[m.LanguageInfo]:
-        """The languages installed in the server's sandbox, with their versions."""
+        """The languages installed in the server's sandbox, with their versions.
+
+        Returns:
+            list[LanguageInfo]: one entry per language: ``id`` (what ``language``
+            arguments take, such as ``python``), ``name``, ``version`` and
+            ``file_extension``.
+
+        Raises:
+            MCPConnectionError: the server can not be reached.
+            MCPAuthError: the server has tokens and ``api_key`` is missing or wrong.
+        """
         out = await self._call("list_languages", ops.list_languages.asyncio)
         return list(out.languages)
 
@@ -315,6 +430,9 @@ class DeepExecAsyncClient:
             MCPExecutionError: the program exited non-zero (with ``check``).
             MCPTimeoutError: the program ran past ``timeout``.
             MCPUnsupportedLanguageError: the language is not installed on the server.
+            MCPNotFoundError: ``session_id`` names no open session.
+            MCPRateLimitError: the server asks to slow down (retried first).
+            MCPConnectionError: the server can not be reached.
         """
         if on_stdout is not None or on_stderr is not None:
             stream = await self.execute_code_stream(
@@ -363,8 +481,29 @@ class DeepExecAsyncClient:
     ) -> m.JobSubmitted:
         """Submit ``code`` as a background job; returns at once with its ``job_id``.
 
-        Arguments as in :meth:`execute_code_and_wait`, plus the job's ``name``,
-        ``priority`` (-100..100, higher first) and ``tags``.
+        Follow it with :meth:`get_code_execution_result`, :meth:`wait_for_job`,
+        :meth:`get_job_status` or :meth:`job_events`; stop it with :meth:`cancel_job`.
+
+        Args:
+            code: the source code.
+            language: a language id from :meth:`list_languages`.
+            environment: environment variables for the program.
+            timeout: wall-clock limit of the program (and of the job), in seconds.
+            stdin: text fed to the program's standard input.
+            session_id: run in this session's persistent working directory.
+            memory_limit: memory limit of the program, in bytes.
+            name: a name for people (default ``"<language> execution"``).
+            priority: -100..100; higher runs first among pending jobs.
+            tags: labels to filter :meth:`list_jobs` by.
+
+        Returns:
+            JobSubmitted: ``job_id``, ``status`` (``PENDING``) and ``created_at``.
+
+        Raises:
+            MCPValidationError: bad input (nothing was sent).
+            MCPUnsupportedLanguageError: the language is not installed on the server.
+            MCPRateLimitError: too many unfinished jobs or requests for this token.
+            MCPConnectionError: the server can not be reached.
         """
         return await self.submit_job(
             name=name or f"{language} execution",
@@ -386,10 +525,23 @@ class DeepExecAsyncClient:
     ) -> m.CodeExecutionResult:
         """Wait for code execution job ``job_id`` and return its result.
 
+        Args:
+            job_id: the ``job_id`` of a ``code_execution`` job.
+            max_wait_time: give up waiting after this many seconds (the job goes on).
+            check: raise MCPExecutionError on a non-zero exit (default); when False,
+                return the result whatever the exit code.
+            on_progress: called with the progress (0-100) each time it changes.
+
+        Returns:
+            CodeExecutionResult: output, stdout, stderr, exit_code, execution_time (ms),
+            memory_usage (bytes), timed_out and truncation flags.
+
         Raises:
             MCPExecutionError: the program exited non-zero (with ``check``).
             MCPTimeoutError: the program ran past its timeout, or ``max_wait_time`` passed.
             MCPCanceledError: the job was canceled.
+            MCPNotFoundError: no such job.
+            MCPProtocolError: the job is not a code execution job.
         """
         job = await self.wait_for_job(job_id, max_wait_time=max_wait_time, on_progress=on_progress)
         result = _job_result(job, m.CodeExecutionResult)
@@ -410,10 +562,30 @@ class DeepExecAsyncClient:
     ) -> ExecutionStream:
         """Run ``code`` and stream its output as it is produced.
 
-        Returns an ExecutionStream: ``async for chunk in stream`` yields JobOutputEvent
-        chunks (``chunk.stream`` is ``stdout`` or ``stderr``, ``chunk.data`` the text); after
-        the loop ``stream.result`` is the CodeExecutionResult. A non-zero exit is not an
-        error here: inspect ``stream.result.exit_code``.
+        The code runs as a background job; the stream follows the job's events.
+
+        Args:
+            code: the source code.
+            language: a language id from :meth:`list_languages`.
+            environment: environment variables for the program.
+            timeout: wall-clock limit of the program, in seconds.
+            stdin: text fed to the program's standard input.
+            session_id: run in this session's persistent working directory.
+            memory_limit: memory limit of the program, in bytes.
+            on_stdout: called with each chunk of standard output.
+            on_stderr: called with each chunk of standard error.
+
+        Returns:
+            ExecutionStream: ``async for chunk in stream`` yields JobOutputEvent chunks
+            (``chunk.stream`` is ``stdout`` or ``stderr``, ``chunk.data`` the text); after
+            the loop ``stream.result`` is the CodeExecutionResult. A non-zero exit is not
+            an error here: inspect ``stream.result.exit_code``.
+
+        Raises:
+            MCPValidationError: bad input (nothing was sent).
+            MCPUnsupportedLanguageError: the language is not installed on the server.
+            MCPRateLimitError: too many unfinished jobs or requests for this token.
+            MCPConnectionError: the server can not be reached.
         """
         job = await self.execute_code_job(
             code, language, environment, timeout, stdin, session_id, memory_limit=memory_limit
@@ -466,6 +638,7 @@ class DeepExecAsyncClient:
             top_p: nucleus sampling mass (0..1].
             system_prompt: optional system message.
             stop: up to 4 stop sequences.
+            session_id: generate inside this session.
             timeout: seconds to wait for the answer.
 
         Returns:
@@ -476,6 +649,9 @@ class DeepExecAsyncClient:
             MCPProviderNotConfiguredError: the server has no text provider.
             MCPAuthError: the provider rejected the key.
             MCPRateLimitError: the provider or server asks to slow down (``retry_after``).
+            MCPGenerationError: the provider failed.
+            MCPTimeoutError: no answer within ``timeout``.
+            MCPConnectionError: the server can not be reached.
         """
         body = _validated(
             self._envelope(
@@ -506,8 +682,30 @@ class DeepExecAsyncClient:
     ) -> TextStream:
         """Generate text, streamed: ``async for text in stream`` yields each piece as the
         provider produces it; afterwards ``stream.result`` holds the TextGenerationResult
-        with the final ``usage``. Arguments as in :meth:`generate_text_and_wait`;
-        ``timeout`` bounds each wait for the next piece.
+        with the final ``usage``.
+
+        Args:
+            prompt: the prompt.
+            model: ``deepseek-v3``, ``deepseek-r1`` or any model the server's provider
+                knows.
+            max_tokens: upper bound on generated tokens (1..32768).
+            temperature: sampling temperature (0..2).
+            top_p: nucleus sampling mass (0..1].
+            system_prompt: optional system message.
+            stop: up to 4 stop sequences.
+            session_id: generate inside this session.
+            timeout: seconds each wait for the next piece may take.
+
+        Returns:
+            TextStream: iterate it for the pieces of text; ``stream.result`` and
+            ``stream.usage`` are set once it ends.
+
+        Raises:
+            MCPValidationError: bad input, at once (nothing was sent).
+            MCPProviderNotConfiguredError: the server has no text provider (raised by
+                the first iteration).
+            MCPGenerationError: the provider failed (raised by the iteration).
+            MCPConnectionError: the server can not be reached.
         """
         body = _validated(
             self._envelope(
@@ -520,7 +718,7 @@ class DeepExecAsyncClient:
             m.TextGenerationRequest,
         )
         headers = dict(self._base_headers)
-        headers["Idempotency-Key"] = new_idempotency_key()
+        headers["Idempotency-Key"] = _new_idempotency_key()
         events = ops.text_generation_stream.stream(
             self._http(),
             self._config.endpoint,
@@ -528,7 +726,7 @@ class DeepExecAsyncClient:
             headers=headers,
             timeout=self._config.timeout if timeout is None else timeout,
         )
-        return TextStream(events)
+        return TextStream(self._scrubbing(events))
 
     async def generate_text_job(
         self,
@@ -546,7 +744,33 @@ class DeepExecAsyncClient:
         tags: list[str] | None = None,
         timeout: float | None = None,
     ) -> m.JobSubmitted:
-        """Submit a text generation as a background job; returns at once with its job_id."""
+        """Submit a text generation as a background job; returns at once with its job_id.
+
+        Follow it with :meth:`get_text_generation_result` or :meth:`wait_for_job`.
+
+        Args:
+            prompt: the prompt.
+            model: ``deepseek-v3``, ``deepseek-r1`` or any model the server's provider
+                knows.
+            max_tokens: upper bound on generated tokens (1..32768).
+            temperature: sampling temperature (0..2).
+            top_p: nucleus sampling mass (0..1].
+            system_prompt: optional system message.
+            stop: up to 4 stop sequences.
+            session_id: run inside this session.
+            name: a name for people (default ``"<model> generation"``).
+            priority: -100..100; higher runs first among pending jobs.
+            tags: labels to filter :meth:`list_jobs` by.
+            timeout: limit of the whole job, in seconds.
+
+        Returns:
+            JobSubmitted: ``job_id``, ``status`` (``PENDING``) and ``created_at``.
+
+        Raises:
+            MCPValidationError: bad input (nothing was sent).
+            MCPRateLimitError: too many unfinished jobs or requests for this token.
+            MCPConnectionError: the server can not be reached.
+        """
         return await self.submit_job(
             name=name or f"{model} generation",
             job_type="text_generation",
@@ -568,10 +792,20 @@ class DeepExecAsyncClient:
     ) -> m.TextGenerationResult:
         """Wait for text generation job ``job_id`` and return its result.
 
+        Args:
+            job_id: the ``job_id`` of a ``text_generation`` job.
+            max_wait_time: give up waiting after this many seconds (the job goes on).
+            on_progress: called with the progress (0-100) each time it changes.
+
+        Returns:
+            TextGenerationResult: text, model, generation_time (ms), usage (tokens).
+
         Raises:
             MCPCanceledError: the job was canceled.
             MCPTimeoutError: ``max_wait_time`` passed first.
-            MCPError subclass: the job failed (the class of its error code).
+            MCPNotFoundError: no such job.
+            MCPError: the job failed; the subclass is the one of its error code (for
+                example MCPProviderNotConfiguredError, MCPGenerationError).
         """
         job = await self.wait_for_job(job_id, max_wait_time=max_wait_time, on_progress=on_progress)
         return _job_result(job, m.TextGenerationResult)
@@ -604,6 +838,14 @@ class DeepExecAsyncClient:
         Returns:
             JobSubmitted with ``job_id``, ``status`` and ``created_at``. A retried submit
             reuses its Idempotency-Key, so it never creates two jobs.
+
+        Raises:
+            MCPValidationError: bad input, such as ``data`` that does not match
+                ``job_type`` (nothing was sent).
+            MCPUnsupportedLanguageError: the language is not installed on the server.
+            MCPNotFoundError: ``session_id`` names no open session.
+            MCPRateLimitError: too many unfinished jobs or requests for this token.
+            MCPConnectionError: the server can not be reached.
         """
         job_data = _drop_none(dict(data))
         payload: dict[str, Any] = {
@@ -629,7 +871,16 @@ class DeepExecAsyncClient:
     async def get_job_status(self, job_id: str) -> m.JobStatus:
         """Everything known about job ``job_id`` now (status, progress, result, error).
 
+        Args:
+            job_id: the ``job_id`` from :meth:`submit_job` (``job_`` and 32 hex digits).
+
+        Returns:
+            JobStatus: ``status`` (PENDING, RUNNING, COMPLETED, FAILED or CANCELED),
+            ``progress`` (0-100), ``result`` once COMPLETED, ``error`` once FAILED,
+            ``canceled_at`` and ``cancel_reason`` once CANCELED, and the timestamps.
+
         Raises:
+            MCPValidationError: ``job_id`` is not a job id (nothing was sent).
             MCPNotFoundError: no such job (or it belongs to another token).
         """
         return await self._call("job_status", ops.job_status.asyncio, job_id=_job_id(job_id))
@@ -637,12 +888,18 @@ class DeepExecAsyncClient:
     async def cancel_job(self, job_id: str, reason: str | None = None) -> m.JobCanceled:
         """Cancel a pending or running job; its processes are killed at once.
 
+        Args:
+            job_id: the job to cancel.
+            reason: recorded with the job (``JobStatus.cancel_reason``).
+
         Returns:
-            JobCanceled with ``canceled_at`` and the ``reason``.
+            JobCanceled: ``job_id``, ``status`` (``CANCELED``), ``canceled_at`` and
+            ``reason``.
 
         Raises:
             MCPConflictError: the job had already finished.
             MCPNotFoundError: no such job.
+            MCPValidationError: ``job_id`` is not a job id (nothing was sent).
         """
         body = _validated(
             self._envelope("cancel_job", {"reason": reason}, None), m.CancelJobRequest
@@ -651,7 +908,7 @@ class DeepExecAsyncClient:
             "cancel_job", ops.cancel_job.asyncio, job_id=_job_id(job_id), body=body
         )
 
-    async def list_jobs(
+    def list_jobs(
         self,
         status: str | None = None,
         tag: str | None = None,
@@ -659,14 +916,35 @@ class DeepExecAsyncClient:
         *,
         page_size: int = 50,
     ) -> AsyncIterator[m.JobStatus]:
-        """Iterate over jobs, newest first, fetching pages as needed.
+        """Iterate over jobs, newest first, fetching pages as needed:
+        ``async for job in client.list_jobs(status="RUNNING"):``.
 
         Args:
             status: only jobs in this state (``PENDING``, ``RUNNING``, ``COMPLETED``...).
             tag: only jobs with this tag.
             limit: stop after this many jobs (all when None).
             page_size: jobs fetched per request (1..100).
+
+        Returns:
+            AsyncIterator[JobStatus]: the jobs, newest first; pages are fetched as the
+            iteration reaches them.
+
+        Raises:
+            MCPValidationError: bad arguments, at once (nothing is sent).
+            MCPConnectionError: the server can not be reached (raised by the iteration).
         """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise MCPValidationError(
+                f"invalid request: limit: expected a whole number, got {type(limit).__name__}",
+                code="validation_error",
+                details={"path": "limit"},
+            )
+        _validated(_drop_none({"status": status, "tag": tag, "limit": page_size}), m.ListJobsQuery)
+        return self._list_pages(status, tag, limit, page_size)
+
+    async def _list_pages(
+        self, status: str | None, tag: str | None, limit: int | None, page_size: int
+    ) -> AsyncIterator[m.JobStatus]:
         remaining = limit
         cursor: str | None = None
         while remaining is None or remaining > 0:
@@ -700,8 +978,16 @@ class DeepExecAsyncClient:
         when given, else at growing intervals (50 ms up to 1 s).
 
         Args:
-            on_progress: called with the progress (0-100) each time it changes.
-            max_wait_time: give up after this many seconds.
+            job_id: the job to wait for.
+            poll_interval: poll every this many seconds instead of following the
+                event stream.
+            max_wait_time: give up after this many seconds (the job goes on).
+            on_progress: called with the progress (0-100) each time it changes; may be
+                a coroutine function.
+
+        Returns:
+            JobStatus: the final status; ``result`` or ``error`` says how it ended.
+            A FAILED or CANCELED job is returned, not raised.
 
         Raises:
             MCPTimeoutError: ``max_wait_time`` passed first (``error.timeout`` says how long).
@@ -720,25 +1006,34 @@ class DeepExecAsyncClient:
     async def _wait(
         self, job_id: str, poll_interval: float | None, tracker: _ProgressTracker
     ) -> m.JobStatus:
+        retryable = self._retry_checks["job_events"]
+        backoff = _POLL_START
         while self._events_supported and poll_interval is None:
             try:
                 async for event in self.job_events(job_id):
+                    backoff = _POLL_START  # the stream works: a later cut reconnects at once
                     if isinstance(event, (m.JobStatusEvent, m.JobProgressEvent)):
                         await tracker.update(event.progress)
                     elif isinstance(event, m.JobResultEvent):
                         await tracker.update(event.job.progress)
                         return event.job
-            except MCPNotFoundError as exc:
-                if exc.code == "not_found" and await self._job_exists(job_id):
-                    self._events_supported = False  # the server has no event stream
+            except MCPError as exc:
+                if _no_such_endpoint(exc):
+                    # MCPNotFoundError from here: there is no such job; else the job
+                    # exists and the server has no event stream: poll it
+                    await self.get_job_status(job_id)
+                    self._events_supported = False
                     break
-                raise
-            except MCPConnectionError:
-                # stream cut: reconnect (the server replays the current state first)
-                status = await self.get_job_status(job_id)
-                if status.status in TERMINAL_STATES:
-                    await tracker.update(status.progress)
-                    return status
+                if not retryable(exc):
+                    raise
+            # stream cut (or a transient error): the job's status says whether it is over;
+            # if not, reconnect (the server sends the current state first)
+            status = await self.get_job_status(job_id)
+            await tracker.update(status.progress)
+            if status.status in TERMINAL_STATES:
+                return status
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _POLL_MAX)
         interval = poll_interval or _POLL_START
         while True:
             status = await self.get_job_status(job_id)
@@ -749,24 +1044,30 @@ class DeepExecAsyncClient:
             if poll_interval is None:
                 interval = min(interval * 1.5, _POLL_MAX)
 
-    async def _job_exists(self, job_id: str) -> bool:
-        try:
-            await self.get_job_status(job_id)
-        except MCPNotFoundError:
-            return False
-        return True
-
     def job_events(self, job_id: str) -> AsyncIterator[m.JobEvent]:
         """The job's events as they happen: its current state first, then every status,
         progress and output change, ending with a JobResultEvent carrying the final status.
+
+        Args:
+            job_id: the job to follow.
+
+        Returns:
+            AsyncIterator[JobEvent]: JobStatusEvent, JobProgressEvent, JobOutputEvent and
+            finally JobResultEvent (or StreamError); iterate with ``async for``.
+
+        Raises:
+            MCPValidationError: ``job_id`` is not a job id, at once.
+            MCPNotFoundError: no such job (raised by the iteration).
+            MCPConnectionError: the stream could not be opened or broke.
         """
-        return ops.job_events.stream(
+        events = ops.job_events.stream(
             self._http(),
             self._config.endpoint,
             job_id=_job_id(job_id),
             headers=self._base_headers,
             timeout=None,
         )
+        return self._scrubbing(events)
 
     # ------------------------------------------------------------------ sessions
 
@@ -777,6 +1078,15 @@ class DeepExecAsyncClient:
 
         Args:
             ttl: idle seconds after which the server closes it (server default if None).
+
+        Returns:
+            AsyncSession: with ``session_id`` and ``info`` (SessionInfo: ``created_at``,
+            ``expires_at``), and the execution and generation methods of the client.
+
+        Raises:
+            MCPValidationError: ``ttl`` out of range (1..86400), at once.
+            MCPRateLimitError: this token reached the server's request or session limit.
+            MCPConnectionError: the server can not be reached.
         """
         body = _validated(
             self._envelope("create_session", {"ttl": ttl}, None), m.CreateSessionRequest
@@ -785,10 +1095,27 @@ class DeepExecAsyncClient:
         return AsyncSession(self, info)
 
     async def close_session(self, session_id: str) -> m.SessionClosed:
-        """Close session ``session_id`` and free everything it holds."""
+        """Close session ``session_id`` and free everything it holds.
+
+        Args:
+            session_id: the session's id (``sess_`` and 32 hex digits).
+
+        Returns:
+            SessionClosed: ``session_id`` and ``closed_at``.
+
+        Raises:
+            MCPNotFoundError: no such open session.
+            MCPValidationError: ``session_id`` is not a session id (nothing was sent).
+        """
         return await self._call(
             "close_session", ops.close_session.asyncio, session_id=_session_id(session_id)
         )
+
+
+def _no_such_endpoint(exc: MCPError) -> bool:
+    """Whether an error answer to the job event stream may mean the server has none: a
+    not_found envelope (no such route, or no such job) or a bare 404, 405 or 501 page."""
+    return isinstance(exc, MCPNotFoundError) or exc.http_status in (404, 405, 501)
 
 
 class _ProgressTracker:
@@ -802,10 +1129,20 @@ class _ProgressTracker:
             await _maybe_await(self.callback(progress))
 
 
+_JOB_ID = re.compile(r"job_[0-9a-f]{32}")
+_SESSION_ID = re.compile(r"sess_[0-9a-f]{32}")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not job_id.startswith("job_") or len(job_id) != 36:
+    if not isinstance(job_id, str) or _JOB_ID.fullmatch(job_id) is None:
         raise MCPValidationError(
-            f"invalid job id {str(job_id)[:60]!r}: expected 'job_' and 32 hex digits",
+            f"invalid request: job_id: {_show(job_id)} is not a job id "
+            "('job_' and 32 lowercase hex digits)",
             code="validation_error",
             details={"path": "job_id"},
         )
@@ -813,9 +1150,10 @@ def _job_id(job_id: str) -> str:
 
 
 def _session_id(session_id: str) -> str:
-    if not isinstance(session_id, str) or not session_id.startswith("sess_"):
+    if not isinstance(session_id, str) or _SESSION_ID.fullmatch(session_id) is None:
         raise MCPValidationError(
-            f"invalid session id {str(session_id)[:60]!r}: expected 'sess_' and 32 hex digits",
+            f"invalid request: session_id: {_show(session_id)} is not a session id "
+            "('sess_' and 32 lowercase hex digits)",
             code="validation_error",
             details={"path": "session_id"},
         )
@@ -885,14 +1223,27 @@ class AsyncSession:
             prompt, session_id=self.session_id, **kwargs
         )
 
+    async def generate_text_stream(self, prompt: str, **kwargs: Any) -> TextStream:
+        """:meth:`DeepExecAsyncClient.generate_text_stream` inside this session."""
+        return await self._client.generate_text_stream(prompt, session_id=self.session_id, **kwargs)
+
+    async def generate_text_job(self, prompt: str, **kwargs: Any) -> m.JobSubmitted:
+        """:meth:`DeepExecAsyncClient.generate_text_job` inside this session."""
+        return await self._client.generate_text_job(prompt, session_id=self.session_id, **kwargs)
+
     async def close(self) -> None:
-        """Close the session on the server (idempotent)."""
+        """Close the session on the server (idempotent). If closing fails (the server
+        is unreachable), the session stays open and ``close`` may be called again.
+
+        Raises:
+            MCPConnectionError: the server can not be reached.
+        """
         if not self.closed:
-            self.closed = True
             try:
                 await self._client.close_session(self.session_id)
             except MCPNotFoundError:
                 pass  # already expired or closed
+            self.closed = True
 
     async def __aenter__(self) -> AsyncSession:
         return self

@@ -415,7 +415,13 @@ class ClientConfig:
     """SDK log level: ``None`` (warnings only), ``"info"`` or ``"debug"``."""
 
     def redacted(self) -> dict[str, object]:
-        """All fields as a dict that is safe to print or log: secrets are redacted."""
+        """All fields as a dict that is safe to print or log: secrets are redacted.
+
+        Returns:
+            dict[str, object]: field name to value; ``deepseek_key``, ``e2b_key`` and
+            ``api_key`` shown as :func:`redact` shows them (``sk-...abcd``), sensitive
+            headers masked.
+        """
         result: dict[str, object] = {}
         for field in attrs.fields(ClientConfig):
             value = getattr(self, field.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -9,12 +10,15 @@ from typing import TYPE_CHECKING
 from deepexec_protocol import models as m
 
 from ._results import job_result
-from .exceptions import MCPConnectionError, MCPProtocolError
+from .exceptions import MCPConnectionError
 
 if TYPE_CHECKING:
     from ._client import DeepExecAsyncClient
 
 OutputCallback = Callable[[str], Awaitable[None] | None]
+
+#: an ExecutionStream gives up after this many cuts in a row without new output
+_MAX_RECONNECTS = 5
 
 
 class TextStream:
@@ -82,10 +86,12 @@ class ExecutionStream:
         self.result: m.CodeExecutionResult | None = None
 
     async def __aiter__(self) -> AsyncIterator[m.JobOutputEvent]:
-        for _attempt in range(3):
+        failures = 0  # consecutive cuts without new output
+        while failures < _MAX_RECONNECTS:
             try:
                 async for event in self._client.job_events(self.job_id):
                     if isinstance(event, m.JobOutputEvent):
+                        failures = 0
                         callback = self._callbacks.get(event.stream.value)
                         if callback is not None:
                             outcome = callback(event.data)
@@ -96,12 +102,18 @@ class ExecutionStream:
                         self._finish(event.job)
                         return
             except MCPConnectionError:
-                continue  # reconnect: the server replays the job's current state first
+                # reconnect: the server sends the job's current state first (a job that
+                # ended meanwhile ends the new stream at once)
+                failures += 1
+                await asyncio.sleep(0.05 * 2 ** (failures - 1))
         status = await self._client.get_job_status(self.job_id)
         if status.status.value in ("COMPLETED", "FAILED", "CANCELED"):
             self._finish(status)
             return
-        raise MCPProtocolError(f"lost the event stream of job {self.job_id}")
+        raise MCPConnectionError(
+            f"lost the event stream of job {self.job_id} {_MAX_RECONNECTS} times in a row; "
+            "the job goes on (follow it with wait_for_job)"
+        )
 
     def _finish(self, job: m.JobStatus) -> None:
         self.job = job
@@ -111,5 +123,15 @@ class ExecutionStream:
             self.result = job_result(job, m.CodeExecutionResult)
 
     async def kill(self, reason: str | None = "killed by the client") -> m.JobCanceled:
-        """Cancel the job; its processes are killed at once."""
+        """Cancel the job; its processes are killed at once.
+
+        Args:
+            reason: recorded with the job.
+
+        Returns:
+            JobCanceled: ``job_id``, ``status``, ``canceled_at`` and ``reason``.
+
+        Raises:
+            MCPConflictError: the job had already finished.
+        """
         return await self._client.cancel_job(self.job_id, reason=reason)
