@@ -7,6 +7,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import attrs
 from deepexec_protocol import models as m
 
 from ._results import job_result
@@ -87,10 +88,22 @@ class ExecutionStream:
 
     async def __aiter__(self) -> AsyncIterator[m.JobOutputEvent]:
         failures = 0  # consecutive cuts without new output
+        seen = {"stdout": 0, "stderr": 0}  # characters yielded per stream
         while failures < _MAX_RECONNECTS:
+            # each (re)connection replays the job's output from its start: skip what
+            # this stream has already yielded
+            skip = dict(seen)
             try:
                 async for event in self._client.job_events(self.job_id):
                     if isinstance(event, m.JobOutputEvent):
+                        name = event.stream.value
+                        if skip[name] >= len(event.data):
+                            skip[name] -= len(event.data)
+                            continue
+                        if skip[name]:
+                            event = attrs.evolve(event, data=event.data[skip[name]:])
+                            skip[name] = 0
+                        seen[name] += len(event.data)
                         failures = 0
                         callback = self._callbacks.get(event.stream.value)
                         if callback is not None:
@@ -117,10 +130,7 @@ class ExecutionStream:
 
     def _finish(self, job: m.JobStatus) -> None:
         self.job = job
-        if isinstance(job.result, m.CodeExecutionResult) and job.status.value == "COMPLETED":
-            self.result = job.result
-        else:
-            self.result = job_result(job, m.CodeExecutionResult)
+        self.result = job_result(job, m.CodeExecutionResult)
 
     async def kill(self, reason: str | None = "killed by the client") -> m.JobCanceled:
         """Cancel the job; its processes are killed at once.

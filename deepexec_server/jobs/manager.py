@@ -35,11 +35,12 @@ Cancellation
     on it). The worker slot is freed only when the runner has finished unwinding.
 
 Events (:meth:`JobManager.subscribe`)
-    A subscriber first gets the CURRENT state: a ``job_status_event`` (with progress)
-    and, if the job has finished, the final ``job_result_event``; then every status
-    change, progress change and output chunk as it happens; the stream ends after the
-    ``job_result_event``. Output chunks are live only (the full output is in the
-    result). Event dicts::
+    A subscriber first gets the CURRENT state: a ``job_status_event`` (with progress),
+    then the output published so far (replayed from memory for a running job, up to
+    ``max_buffered_output_chars``; rebuilt from the result for a finished one) and, if
+    the job has finished, the final ``job_result_event``; then every status change,
+    progress change and output chunk as it happens; the stream ends after the
+    ``job_result_event``. Event dicts::
 
         {"type": "job_status_event", "job_id", "status", "progress", "timestamp"}
         {"type": "job_progress_event", "job_id", "progress", "timestamp"}
@@ -182,16 +183,28 @@ class EventStream:
             self._sealed = True
         self._wakeup.set()
 
-    def _push_snapshot(self, record: JobRecord, progress: int) -> None:
-        """Put the current state in front of anything already buffered."""
+    def _push_snapshot(
+        self, record: JobRecord, progress: int, history: list[dict[str, Any]]
+    ) -> None:
+        """Put the current state in front of anything already buffered.
+
+        ``history`` is every output event the job has published so far (for a finished
+        job: its output rebuilt from the result), so a subscriber that connects late
+        still gets the whole output. Output events buffered since this stream was
+        registered are in ``history`` too, so they are replaced, not repeated.
+        """
+        others = [e for e in self._events if e["type"] != "job_output_event"]
+        self._events.clear()
+        self._buffered_output = 0
+        self._events.append(_status_event(record.job_id, record.status, progress))
+        for event in history:
+            self._buffered_output += len(event["data"])
+            self._events.append(event)
         if record.is_terminal:
-            self._events.clear()
-            self._buffered_output = 0
-            self._events.append(_status_event(record.job_id, record.status, record.progress))
             self._events.append(_result_event(record))
             self._sealed = True
         else:
-            self._events.appendleft(_status_event(record.job_id, record.status, progress))
+            self._events.extend(others)
         self._wakeup.set()
 
     def _seal(self) -> None:
@@ -273,6 +286,9 @@ class _Live:
         self.finished = False
         self.filters: dict[str, ProgressLineFilter] = {}
         self.started_monotonic = time.monotonic()
+        #: output published so far, replayed to late subscribers (bounded)
+        self.output_log: list[dict[str, Any]] = []
+        self.output_log_chars = 0
 
 
 class JobContext:
@@ -542,7 +558,7 @@ class JobManager:
             await stream.aclose()
             raise JobNotFound(job_id)
         record = self._overlay(record)
-        stream._push_snapshot(record, record.progress)
+        stream._push_snapshot(record, record.progress, self._history(record))
         if record.is_terminal:
             self._unsubscribe(stream)  # nothing more will come
         return stream
@@ -563,16 +579,35 @@ class JobManager:
     def _publish_output(self, live: _Live, stream: str, text: str) -> None:
         if live.finished:
             return
-        self._publish(
-            live.record.job_id,
-            {
-                "type": "job_output_event",
-                "job_id": live.record.job_id,
-                "stream": stream,
-                "data": text,
-                "timestamp": rfc3339(utc_now()),
-            },
-        )
+        event = {
+            "type": "job_output_event",
+            "job_id": live.record.job_id,
+            "stream": stream,
+            "data": text,
+            "timestamp": rfc3339(utc_now()),
+        }
+        if live.output_log_chars + len(text) <= self._max_buffered_output:
+            live.output_log.append(event)
+            live.output_log_chars += len(text)
+        self._publish(live.record.job_id, event)
+
+    def _history(self, record: JobRecord) -> list[dict[str, Any]]:
+        """The output a new subscriber has missed (see :meth:`EventStream._push_snapshot`)."""
+        live = self._running.get(record.job_id)
+        if not record.is_terminal:
+            return list(live.output_log) if live is not None else []
+        result = record.result or {}
+        if record.job_type == "text_generation":
+            chunks = [("stdout", result.get("text"))]
+        else:
+            chunks = [("stdout", result.get("stdout")), ("stderr", result.get("stderr"))]
+        stamp = rfc3339(record.finished_at or utc_now())
+        return [
+            {"type": "job_output_event", "job_id": record.job_id, "stream": stream,
+             "data": text, "timestamp": stamp}
+            for stream, text in chunks
+            if isinstance(text, str) and text
+        ]
 
     def _publish_terminal(self, record: JobRecord) -> None:
         self._publish(record.job_id, _status_event(record.job_id, record.status, record.progress))

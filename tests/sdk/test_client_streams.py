@@ -430,14 +430,22 @@ async def test_execute_code_stream_reconnects_when_cut(
     _code_job_server(
         server,
         [status_event(), output_event("stdout", "first\n"), "cut"],
-        # the server starts a new connection with the current state, then what follows
-        [status_event("RUNNING", 50), output_event("stdout", "second\n"), result_event(FINISHED)],
+        # a new connection starts with the current state and replays the output so far
+        # (which the stream must not yield twice), then what follows
+        [
+            status_event("RUNNING", 50),
+            output_event("stdout", "fir"),
+            output_event("stdout", "st\nsec"),
+            output_event("stdout", "ond\n"),
+            result_event(FINISHED),
+        ],
     )
 
     stream = await live("execute_code_stream", "x", "python")
     chunks = await live.drain(stream)
 
-    assert [c.data for c in chunks] == ["first\n", "second\n"]
+    assert "".join(c.data for c in chunks) == "first\nsecond\n"
+    assert [c.data for c in chunks] == ["first\n", "sec", "ond\n"]
     assert stream.result.exit_code == 0
     assert server.paths("GET").count(EVENTS) == 2
 
@@ -554,8 +562,13 @@ async def test_session_streams_and_jobs_carry_the_session_id(
 async def test_execution_stream_survives_many_cuts_while_output_flows(
     live: Facade, server: ScriptedServer
 ) -> None:
-    cut_after_output = [[status_event(), output_event("stdout", f"{i}\n"), "cut"] for i in range(7)]
-    _code_job_server(server, *cut_after_output, [status_event(), result_event(FINISHED)])
+    # each connection replays the output so far, adds one line, and is cut
+    cut_after_output = [
+        [status_event(), *(output_event("stdout", f"{j}\n") for j in range(i + 1)), "cut"]
+        for i in range(7)
+    ]
+    replay = [output_event("stdout", f"{j}\n") for j in range(7)]
+    _code_job_server(server, *cut_after_output, [status_event(), *replay, result_event(FINISHED)])
 
     stream = await live("execute_code_stream", "x", "python")
     chunks = await live.drain(stream)

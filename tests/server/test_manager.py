@@ -286,6 +286,35 @@ async def test_late_subscriber_gets_current_state_first(
         await manager.subscribe(record.job_id, "mallory")
 
 
+async def test_late_subscriber_gets_the_output_so_far_then_live_output(
+    make_manager: Any, harness: Harness
+) -> None:
+    manager = make_manager(concurrency=1)
+    await manager.start()
+    record = await submit(
+        manager,
+        "chatty",
+        ("out", "stdout", "one\n"),
+        ("out", "stderr", "oops\n"),
+        ("gate", "g"),
+        ("out", "stdout", "two\n"),
+    )
+    await wait_for(lambda: "chatty" in harness.started)
+    await asyncio.sleep(0.02)
+    stream = await manager.subscribe(record.job_id, OWNER)
+    head = [await asyncio.wait_for(stream.__anext__(), 1) for _ in range(3)]
+    assert [(e["type"], e.get("stream"), e.get("data")) for e in head] == [
+        ("job_status_event", None, None),
+        ("job_output_event", "stdout", "one\n"),
+        ("job_output_event", "stderr", "oops\n"),
+    ]
+    harness.gate("g").set()
+    rest = await asyncio.wait_for(collect(stream), 5)
+    outputs = [e["data"] for e in rest if e["type"] == "job_output_event"]
+    assert outputs == ["two\n"]  # live output, nothing repeated
+    assert rest[-1]["type"] == "job_result_event"
+
+
 async def test_slow_subscriber_loses_output_but_never_status_or_result(
     make_manager: Any, harness: Harness
 ) -> None:
