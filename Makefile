@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install generate check-generated lint typecheck test bench demo docs clean
+.PHONY: install generate check-generated lint typecheck test bench demo docs docs-linkcheck clean
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	./scripts/install-system-deps.sh
@@ -36,6 +36,15 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/run_demo.py
+
+# The documentation site (docs/): a fresh build (-E), every warning an error.
+docs: $(STAMP)
+	cd docs && ../$(BIN)/sphinx-build -E -W --keep-going -b html . _build/html
+	@echo "open docs/_build/html/index.html"
+
+# Internal links of the site (external ones are ignored: linkcheck_ignore in docs/conf.py).
+docs-linkcheck: $(STAMP)
+	cd docs && ../$(BIN)/sphinx-build -E -W --keep-going -b linkcheck . _build/linkcheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

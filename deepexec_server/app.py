@@ -47,6 +47,7 @@ from .providers.base import GenerationRequest, ProviderError, ProviderNotConfigu
 from .providers.registry import ProviderRegistry
 from .runners import JobSecrets, code_runner, execution_result, text_runner
 from .sandbox import ExecutionRequest, Executor, SandboxSettings, UnsupportedLanguageError
+from .sandbox.base import validate_env
 from .sessions import SessionLimitExceeded, SessionManager, SessionNotFound
 from .settings import ServerSettings
 
@@ -307,6 +308,15 @@ def _check_code(state: ServerState, code: str, language: str, path: str) -> None
         )
 
 
+def _check_env(env: Mapping[str, str] | None, path: str) -> None:
+    """Environment variables a POSIX environment can carry (names, no NUL in values):
+    refused up front, as the executor would refuse them (never quoting a value)."""
+    try:
+        validate_env(env or {})
+    except ValueError as exc:
+        raise ApiError("validation_error", f"{path}: {exc}", details={"path": path}) from None
+
+
 def _provider_error(exc: ProviderError) -> ApiError:
     if isinstance(exc, ProviderNotConfigured):
         return ApiError("provider_not_configured", str(exc))
@@ -376,17 +386,33 @@ async def create_session(request: web.Request) -> web.Response:
     body = await read_request(request, OPERATIONS["create_session"], m.CreateSessionRequest)
     key = request.headers.get("Idempotency-Key")
     owner = request["owner"]
-    if key and (owner, key) in state.session_keys:
-        return success("create_session", request, state.session_keys[(owner, key)])
+    if key:
+        cached = state.session_keys.get((owner, key))
+        if cached is not None:
+            if state.sessions.get(cached.session_id, owner, touch=False) is not None:
+                return success("create_session", request, cached)
+            del state.session_keys[(owner, key)]  # closed or expired: forget the key
     try:
         session = await state.sessions.create(owner, ttl=body.input.ttl)
     except SessionLimitExceeded as exc:
         raise ApiError("rate_limit_exceeded", str(exc)) from None
     info = _session_info(session)
     if key:
+        _forget_closed_session_keys(state)
         state.session_keys[(owner, key)] = info
     request["session_id"] = info.session_id
     return success("create_session", request, info)
+
+
+def _forget_closed_session_keys(state: ServerState) -> None:
+    """Keep the Idempotency-Key -> session map from outgrowing the open sessions: once it
+    holds more than twice as many keys (plus slack), drop the keys of sessions that are
+    closed or expired. Amortized O(1) per create."""
+    if len(state.session_keys) <= 2 * len(state.sessions) + 64:
+        return
+    for owner_key, info in list(state.session_keys.items()):
+        if state.sessions.get(info.session_id, owner_key[0], touch=False) is None:
+            del state.session_keys[owner_key]
 
 
 async def close_session(request: web.Request) -> web.Response:
@@ -404,21 +430,25 @@ async def code_execution(request: web.Request) -> web.Response:
     body = await read_request(request, OPERATIONS["code_execution"], m.CodeExecutionRequest)
     inp = body.input
     _check_code(state, inp.code, inp.language, "input")
+    _check_env(inp.environment, "input.environment")
     limits = state.sandbox_settings.clamp({"timeout": inp.timeout, "memory": inp.memory_limit})
     e2b_key = request.headers.get("X-E2B-Key") or None
 
     async def run(workdir: Any) -> web.Response:
-        outcome = await state.executor.execute(
-            ExecutionRequest(
-                code=inp.code,
-                language=inp.language,
-                stdin=inp.stdin,
-                env=dict(inp.environment or {}),
-                limits=limits,
-                workdir=workdir,
-                e2b_key=e2b_key,
+        try:
+            outcome = await state.executor.execute(
+                ExecutionRequest(
+                    code=inp.code,
+                    language=inp.language,
+                    stdin=inp.stdin,
+                    env=dict(inp.environment or {}),
+                    limits=limits,
+                    workdir=workdir,
+                    e2b_key=e2b_key,
+                )
             )
-        )
+        except ValueError as exc:  # the executor's word for a malformed request
+            raise ApiError("validation_error", f"input: {exc}", details={"path": "input"}) from None
         result = execution_result(outcome, inp.language, strip_progress_lines)
         return success("code_execution", request, structure(result, m.CodeExecutionResult))
 
@@ -543,6 +573,7 @@ async def submit_job(request: web.Request) -> web.Response:
                 details={"path": "input.data"},
             )
         _check_code(state, inp.data.code, inp.data.language, "input.data")
+        _check_env(inp.data.environment, "input.data.environment")
     elif not isinstance(inp.data, m.TextGenerationInput):
         raise ApiError(
             "validation_error",
@@ -743,7 +774,10 @@ def create_app(
         secrets=job_secrets,
     )
     for name, op in OPERATIONS.items():
-        app.router.add_route(op.method, op.path, _named(name, HANDLERS[name]))
+        if op.method == "GET":  # and HEAD, as HTTP expects of every GET resource
+            app.router.add_get(op.path, _named(name, HANDLERS[name]))
+        else:
+            app.router.add_route(op.method, op.path, _named(name, HANDLERS[name]))
 
     async def startup(app: web.Application) -> None:
         await store.open()

@@ -119,6 +119,8 @@ def code_runner(
             ) from None
         except UnsupportedLanguageError as exc:
             raise JobFailure("unsupported_language", str(exc)) from None
+        except ValueError as exc:  # the executor's word for a malformed request
+            raise JobFailure("validation_error", str(exc)) from None
         finally:
             secrets.forget(job.job_id)
         ctx.flush_output()

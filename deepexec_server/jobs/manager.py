@@ -69,6 +69,7 @@ Shutdown (:meth:`JobManager.stop`)
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import time
@@ -591,7 +592,7 @@ class JobManager:
             live.output_log_chars += len(text)
         self._publish(live.record.job_id, event)
 
-    def _history(self, record: JobRecord) -> list[dict[str, Any]]:
+    def _history(self, record: JobRecord) -> builtins.list[dict[str, Any]]:
         """The output a new subscriber has missed (see :meth:`EventStream._push_snapshot`)."""
         live = self._running.get(record.job_id)
         if not record.is_terminal:

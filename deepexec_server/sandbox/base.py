@@ -88,7 +88,10 @@ class Limits:
     * ``max_file_size`` — bytes any single file may grow to (``RLIMIT_FSIZE``).
     * ``max_output`` — bytes kept per stream (stdout, stderr); a program that writes
       more is killed and the stream's ``*_truncated`` flag is set.
-    * ``max_disk`` — bytes in total for the work dir (a size-limited tmpfs).
+    * ``max_disk`` — bytes in total for the work dir (a size-limited tmpfs). Without a
+      session, ``/work``, ``/tmp`` and ``/dev/shm`` share this quota; with one, the
+      session's ``/work`` has it and ``/tmp`` + ``/dev/shm`` another of the same size.
+      Inodes are bounded too (one per 4 KiB of quota, at least 1024).
     """
 
     timeout: float
@@ -201,11 +204,12 @@ class Executor(abc.ABC):
         """
 
     async def release_workdir(self, workdir: Path) -> None:  # noqa: B027 - optional hook
-        """Forget a session work dir (call when the session closes).
+        """Forget a session work dir (call when the session closes, before removing it).
 
-        Backends that attach resources to a session dir (the local backend mounts a
-        size-limited tmpfs on it) release them here and delete the directory. The
-        default does nothing.
+        Backends that attach resources to a session dir release them here: the local
+        backend unmounts the size-limited tmpfs it mounted on it (its content is gone;
+        the empty directory stays for the caller to remove), the e2b backend kills the
+        session's remote sandbox. The default does nothing.
         """
 
     async def __aenter__(self) -> Executor:

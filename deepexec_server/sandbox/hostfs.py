@@ -4,15 +4,15 @@ Every writable place a sandbox sees is a tmpfs mounted *on the host* by the serv
 (which runs as root) with ``size=`` (the disk quota) and ``nr_inodes=`` (so empty
 files cannot eat kernel memory without bound), then bind-mounted into the sandbox:
 
-* per execution, a *scratch* tmpfs holding ``work/`` (the fresh work dir, when the
-  request has no session dir), ``tmp/`` (``/tmp``), ``shm/`` (``/dev/shm``),
+* per execution, a *scratch* tmpfs holding ``work/`` (``/work``: a fresh dir, or the
+  session dir bind-mounted there), ``tmp/`` (``/tmp``), ``shm/`` (``/dev/shm``),
   ``prog/`` (``/sandbox``: the program file, read-only to the program) and ``etc/``
   (the synthetic ``/etc/passwd``, ``group``, ``hosts``). Its quota is the request's
-  ``max_disk`` shared by all of them. Unmounting it (lazily) destroys everything at
-  once, whatever the program left behind.
+  ``max_disk``, shared by all of them (for a session, by all but ``/work``).
+  Unmounting it (lazily) destroys everything at once, whatever the program left.
 * per session, a tmpfs mounted on the session directory itself on first use (quota
   ``max_disk``, resized when a later request asks for another size), kept until
-  :func:`release_session_dir`.
+  :func:`release_session_dir` unmounts it.
 
 All functions here are synchronous and fast (a few system calls); the tree walk that
 hands a session dir to a new uid never follows symlinks (``os.fwalk`` with
@@ -275,8 +275,8 @@ def ensure_session_dir(path: Path, size: int) -> None:
 
 
 def release_session_dir(path: Path) -> None:
-    """Unmount a session dir's tmpfs (destroying its content) and remove the dir."""
+    """Unmount a session dir's tmpfs, destroying its content; the (now empty) directory
+    itself stays for its owner to remove."""
     path = Path(os.path.realpath(path))
     while is_mountpoint(path):
         unmount(path)
-    shutil.rmtree(path, ignore_errors=True)

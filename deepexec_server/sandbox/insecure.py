@@ -7,7 +7,10 @@ files. What it still does: an environment holding only the caller's variables
 (plus ``PATH``/``HOME``/``LANG``/``TMPDIR``), ``RLIMIT_CPU``/``AS``/``NOFILE``/
 ``FSIZE``/``CORE`` (not ``NPROC``, which would count every process of the server's
 user), a fresh temporary work dir (no disk quota), the wall-clock timeout, output
-caps, streaming, and killing the process group on timeout or cancellation.
+caps, streaming, and killing the child's process group on timeout, cancellation or
+exit (processes that left the group with ``setsid`` escape). Peak memory is exact
+when the launcher (:mod:`.launcher`) could be built, else it includes the server's
+own RSS.
 Every :meth:`start` logs a loud warning.
 """
 
@@ -37,7 +40,7 @@ from .base import (
 from .hostfs import write_new_file
 from .languages import C_INIT_NAME, C_INIT_SOURCE, LanguageSpec, detect_languages, resolve_language
 from .launcher import RLIMIT_CODES, build_launcher
-from .process import Launch, RawResult, Spawned, control_pipe, send_control, start, supervise
+from .process import Launch, RawResult, Spawned, control_channel, send_control, start, supervise
 from .settings import SandboxSettings
 
 __all__ = ["SubprocessExecutor"]
@@ -212,13 +215,11 @@ class SubprocessExecutor(Executor):
             )
         else:
             assert spec.bootstrap is not None
-            ctl_r, ctl_w = control_pipe()
+            ctl_r, ctl = control_channel()
             try:
                 command = spec.bootstrap(ctl_r, str(program), str(work), limits.memory)
                 t0 = time.monotonic()
-                sp = self._spawn(
-                    command, env, work, spec, limits, pass_fds=[ctl_r], control_w=ctl_w
-                )
+                sp = self._spawn(command, env, work, spec, limits, pass_fds=[ctl_r], control=ctl)
             finally:
                 os.close(ctl_r)
             payload = b"".join(f"{k}={v}".encode() + b"\0" for k, v in req.env.items())

@@ -1,9 +1,10 @@
 """The languages the sandbox backends know: how to detect them and how to run them.
 
 Interpreted languages (python, javascript, ruby, bash) are started through a tiny
-*bootstrap* given on the interpreter's command line: it blocks reading the caller's
-environment variables (``NAME=value`` entries separated by NUL) from a control pipe,
-applies them, then runs the program file exactly like ``interpreter file`` would.
+*bootstrap* given on the interpreter's command line: it says it is up (one byte,
+``R``, on its control socket), blocks reading the caller's environment variables
+(``NAME=value`` entries separated by NUL) from that socket until EOF, applies them,
+then runs the program file exactly like ``interpreter file`` would.
 The same bootstrap serves cold starts (the control data is written right after the
 spawn) and the warm pool (written when a request arrives), so both paths behave
 identically. Observable details, identical for cold and warm runs:
@@ -45,6 +46,7 @@ __all__ = [
 _PY_BOOT = r"""
 def _deepexec_boot(fd, path, wd):
     import os, sys  # locals: the globals of this code are __main__'s, cleared below
+    os.write(fd, b"R")
     chunks = []
     while True:
         chunk = os.read(fd, 65536)
@@ -83,6 +85,7 @@ _JS_BOOT = r"""
 "use strict";
 {
   const fs = require("fs");
+  fs.writeSync(%(fd)d, "R");
   const data = fs.readFileSync(%(fd)d);
   fs.closeSync(%(fd)d);
   for (const item of data.toString("utf8").split("\0")) {
@@ -99,6 +102,8 @@ _RB_BOOT = r"""
 $stdout.sync = true
 $stderr.sync = true
 io = IO.new(%(fd)d)
+io.write("R")
+io.flush
 data = io.read
 io.close
 data.split("\0").each do |item|
@@ -119,7 +124,7 @@ end
 """
 
 _SH_BOOT = (
-    "while IFS= read -r -d '' kv; do export \"$kv\"; done <&%(fd)d; "
+    "printf R >&%(fd)d; while IFS= read -r -d '' kv; do export \"$kv\"; done <&%(fd)d; "
     "exec %(fd)d<&-; exec %(bash)s %(path)s"
 )
 

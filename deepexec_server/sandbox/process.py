@@ -1,19 +1,20 @@
 """Starting and supervising one sandbox process tree (shared by the local backends).
 
 :func:`start` starts ``argv`` in a new session with an *empty* environment and
-three fresh pipes; the exit is observed through a pidfd and reaped with ``wait4``
-(so the peak RSS of the whole tree, ``ru_maxrss``, is known: every process in the
-sandbox is reaped by its parent up the chain, and the kernel keeps the maximum).
+three fresh pipes, normally through the launcher (:mod:`.launcher`), which applies
+the rlimits, drops to the sandbox uid, reaps the whole tree and reports the child's
+wait status and the exact peak RSS. The launcher's own exit is observed through a
+pidfd and reaped with ``wait4`` (no asyncio child watcher involved).
 
 :func:`supervise` feeds stdin, pumps stdout/stderr incrementally (to the caller's
 callback, in arrival order, with back-pressure), enforces the wall-clock timeout and
 the per-stream output cap, and returns a :class:`RawResult`.
 
-Killing: for a bubblewrap sandbox the right victim is bwrap's *inner* pid 1 (the
-init of the sandbox's pid namespace): its death makes the kernel SIGKILL every
-process in the namespace at once, whatever session or process group they moved to,
-and the outer bwrap, still our child, reaps it. The process group is killed too
-(and is the only mechanism for the insecure backend).
+Killing (:meth:`Spawned.kill`): SIGTERM to the launcher, which SIGKILLs its child's
+process group (for bubblewrap: both of its processes; the death of the sandbox's
+pid 1 makes the kernel kill every process of the pid namespace at once, whatever
+session or group they moved to), then reaps everything and exits. Without the
+launcher, the process group is killed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import functools
 import inspect
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +38,7 @@ __all__ = [
     "Launch",
     "RawResult",
     "Spawned",
-    "control_pipe",
+    "control_channel",
     "send_control",
     "start",
     "supervise",
@@ -72,7 +74,7 @@ class Spawned:
         stdin_w: int,
         stdout_r: int,
         stderr_r: int,
-        control_w: int | None,
+        control: socket.socket | None,
         status_r: int | None,
     ) -> None:
         self.popen = popen
@@ -80,16 +82,36 @@ class Spawned:
         self.stdin_w: int | None = stdin_w
         self.stdout_r: int | None = stdout_r
         self.stderr_r: int | None = stderr_r
-        self.control_w = control_w
+        self.control = control
         self._status_r = status_r
         self.started = time.monotonic()
         self.killed = False
+        #: The launcher exited normally after reaping every descendant (with ``wait_all``:
+        #: no process of the sandbox can be left anywhere).
+        self.reported = False
         loop = asyncio.get_running_loop()
         self._loop = loop
         #: ``(wait status of the command, peak RSS in bytes or None)`` once reaped.
         self.exited: asyncio.Future[tuple[int, int | None]] = loop.create_future()
         self._pidfd: int | None = os.pidfd_open(self.pid)
         loop.add_reader(self._pidfd, self._on_exit)
+        #: Set once the bootstrap has said its interpreter is up (see :func:`control_channel`).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        if control is not None:
+            control.setblocking(False)
+            loop.add_reader(control.fileno(), self._on_ready)
+
+    def _on_ready(self) -> None:
+        assert self.control is not None
+        try:
+            byte = self.control.recv(1)
+        except BlockingIOError:
+            return
+        except OSError:
+            byte = b""
+        self._loop.remove_reader(self.control.fileno())
+        if byte == b"R" and not self.ready.done():
+            self.ready.set_result(None)
 
     def _on_exit(self) -> None:
         if self._status_r is None:
@@ -115,6 +137,7 @@ class Spawned:
             self._status_r = None
             fields = report.split()
             if len(fields) == 2:
+                self.reported = True
                 result = (int(fields[0]), int(fields[1]) * 1024)
             else:  # the launcher itself was killed: no report
                 result = (status, None)
@@ -161,7 +184,11 @@ class Spawned:
 
     def close_fds(self) -> None:
         """Close our ends of every pipe still open (not the launcher's status pipe)."""
-        for attr in ("stdin_w", "stdout_r", "stderr_r", "control_w"):
+        if self.control is not None:
+            self._loop.remove_reader(self.control.fileno())
+            self.control.close()
+            self.control = None
+        for attr in ("stdin_w", "stdout_r", "stderr_r"):
             fd = getattr(self, attr)
             if fd is not None:
                 try:
@@ -176,10 +203,15 @@ class Spawned:
         self.close_fds()
 
 
-def control_pipe() -> tuple[int, int]:
-    """A pipe for control data: ``(read end for the child, write end for us)``."""
-    r, w = os.pipe2(_PIPE_FLAGS)
-    return r, w
+def control_channel() -> tuple[int, socket.socket]:
+    """The bootstrap's control channel: ``(the child's end, our end)``, a socket pair.
+
+    The bootstrap writes one byte, ``R``, once its interpreter is up, then reads the
+    control data until EOF (we shut our writing side down after sending it; our end
+    stays open until the sandbox is gone, so that late ``R`` never hits a closed peer).
+    """
+    ours, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return child.detach(), ours
 
 
 @define(frozen=True, kw_only=True)
@@ -200,15 +232,15 @@ def start(
     *,
     launch: Launch | None,
     pass_fds: Sequence[int] = (),
-    control_w: int | None = None,
+    control: socket.socket | None = None,
 ) -> Spawned:
     """Start ``argv`` with an empty environment, in a new session, with new pipes.
 
     With ``launch``, through the launcher (exact peak RSS, rlimits, uid drop); without,
     directly (peak RSS then includes the server's own, see :mod:`.launcher`).
     ``pass_fds`` are inherited under the same numbers (the caller closes its copies
-    afterwards). ``control_w`` is the write end of a control pipe whose read end is in
-    ``pass_fds``. Must run on the event loop thread.
+    afterwards). ``control`` is our end of a :func:`control_channel` whose other end
+    is in ``pass_fds``. Must run on the event loop thread.
     """
     in_r, in_w = os.pipe2(_PIPE_FLAGS)
     out_r, out_w = os.pipe2(_PIPE_FLAGS)
@@ -248,7 +280,7 @@ def start(
                 os.close(fd)
     for fd in (in_w, out_r, err_r):
         os.set_blocking(fd, False)
-    return Spawned(popen, in_w, out_r, err_r, control_w, status_r)
+    return Spawned(popen, in_w, out_r, err_r, control, status_r)
 
 
 class _Dispatcher:
@@ -413,13 +445,12 @@ async def _open_writer(fd: int, data: bytes) -> asyncio.WriteTransport:
 
 
 async def send_control(sp: Spawned, payload: bytes) -> None:
-    """Write the control payload to the child and close the control pipe."""
-    fd = sp.control_w
-    if fd is None:
+    """Send the control payload to the child, then EOF (``shutdown(SHUT_WR)``)."""
+    sock = sp.control
+    if sock is None:
         return
-    sp.control_w = None
-    os.set_blocking(fd, False)
-    await _open_writer(fd, payload)
+    await asyncio.get_running_loop().sock_sendall(sock, payload)
+    sock.shutdown(socket.SHUT_WR)
 
 
 async def supervise(
@@ -503,7 +534,11 @@ async def supervise(
         if sp.alive:
             sp.kill()
         for t in transports:
-            t.close()
+            if isinstance(t, asyncio.WriteTransport):
+                if t.get_write_buffer_size():  # stdin the program never read: drop it
+                    t.abort()
+            else:
+                t.close()
         sp.close_fds()
 
 

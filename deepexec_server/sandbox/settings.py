@@ -12,7 +12,8 @@ Limit (``Limits``)     Default       Maximum     Enforced by (local backend)
 ``max_open_files``     256           4096        ``RLIMIT_NOFILE``
 ``max_file_size``      16 MiB        1 GiB       ``RLIMIT_FSIZE``
 ``max_output``         1 MiB         16 MiB      bytes kept per stream; more = killed
-``max_disk``           64 MiB        1 GiB       ``size=`` of the tmpfs work dir
+``max_disk``           64 MiB        1 GiB       ``size=``/``nr_inodes=`` of the work
+                                                 dir's tmpfs (see ``Limits.max_disk``)
 =====================  ============  ==========  ==========================================
 
 Other settings:
@@ -26,12 +27,18 @@ Setting                    Default                   Meaning
                                                      subprocesses where bubblewrap cannot
                                                      run (development only; loud warning)
 ``warm_pool_size``         ``1``                     pre-started sandboxes per interpreted
-                                                     language (0 disables the pool)
+                                                     language (0 disables the pool). One
+                                                     is enough to halve a lone request's
+                                                     latency (bench/bench_sandbox.py) and
+                                                     costs an idle interpreter per
+                                                     language (python ~9 MiB, node ~40)
 ``max_concurrency``        ``max(2, 2 * cpus)``      sandboxes running at once; further
                                                      executions wait for a slot
 ``uid_base``/``uid_count`` ``2_100_000_000``/1024    host uids for sandboxes (one each)
 ``runtime_dir``            ``/run/deepexec-sandbox`` where scratch tmpfs mounts and the
-                                                     launcher live (root only)
+                                                     launcher live; every directory on the
+                                                     way must be world-searchable
+                                                     (bubblewrap runs as the sandbox uid)
 ``uid_lock_dir``           ``/run/deepexec-sandbox-  one lock file per uid in use, shared by
                            uids``                    every executor on the machine
 ``languages``              ``None`` (all present)    restrict to these language ids
