@@ -1,0 +1,130 @@
+"""Building blocks: uid leases and sweeps, the seccomp program, session tmpfs, launcher."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deepexec_server.sandbox.hostfs import (
+    chown_tree,
+    ensure_session_dir,
+    is_mountpoint,
+    release_session_dir,
+)
+from deepexec_server.sandbox.launcher import build_launcher
+from deepexec_server.sandbox.seccomp import BLOCKED, seccomp_filter
+from deepexec_server.sandbox.uids import UidPool, check_uid_range, processes_of_uid, sweep_uid
+
+pytestmark = pytest.mark.timeout(30)
+
+UID = 2_100_000_900  # inside the default sandbox range, far from what the tests lease
+
+
+def test_uid_leases_are_exclusive_across_pools(tmp_path: Path) -> None:
+    a = UidPool(tmp_path, UID, 3)
+    b = UidPool(tmp_path, UID, 3)  # another executor sharing the lock dir
+    leases = [a.try_lease(), b.try_lease(), a.try_lease()]
+    assert all(lease is not None for lease in leases)
+    uids = {lease.uid for lease in leases if lease is not None}
+    assert uids == {UID, UID + 1, UID + 2}
+    assert b.try_lease() is None and a.try_lease() is None  # range exhausted
+    first = leases[0]
+    assert first is not None
+    a.release(first)
+    again = b.try_lease()
+    assert again is not None and again.uid == first.uid
+
+
+def test_sweep_kills_every_process_of_a_uid() -> None:
+    procs = [
+        subprocess.Popen(["sleep", "60"], user=UID, group=UID, extra_groups=[]) for _ in range(3)
+    ]
+    try:
+        assert sorted(processes_of_uid(UID)) == sorted(p.pid for p in procs)
+        # sweep_uid waits for the zombies to be reaped: their parent (we) must wait().
+        threads = [threading.Thread(target=p.wait) for p in procs]
+        for t in threads:
+            t.start()
+        assert sweep_uid(UID) == 3
+        for t in threads:
+            t.join(5)
+        assert processes_of_uid(UID) == []
+        assert all(p.returncode == -9 for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_uid_range_must_not_hold_users() -> None:
+    assert check_uid_range(1, 10) is not None  # daemon, bin, sys... are uids 1-3
+    assert check_uid_range(2_100_000_000, 1024) is None
+
+
+def test_seccomp_program_shape() -> None:
+    prog = seccomp_filter("x86_64")
+    assert prog is not None and len(prog) % 8 == 0
+    insns = [struct.unpack("=HBBI", prog[i : i + 8]) for i in range(0, len(prog), 8)]
+    assert insns[1][3] == 0xC000003E  # checks the architecture first
+    jeqs = [k for code, _, _, k in insns if code == 0x15][1:]
+    assert 319 in jeqs and 29 in jeqs and len(jeqs) == len(BLOCKED)  # memfd_create, shmget
+    for i, (code, jt, _, _) in enumerate(insns):
+        if code in (0x15, 0x35) and i > 1:  # every match jumps to a refusal
+            assert insns[i + 1 + jt][0] == 0x06 and insns[i + 1 + jt][3] != 0x7FFF0000
+    assert seccomp_filter("aarch64") is not None
+    assert seccomp_filter("sparc64") is None
+
+
+def test_session_dir_quota_mount_lifecycle() -> None:
+    parent = Path(tempfile.mkdtemp(prefix="deepexec-test-"))
+    try:
+        d = parent / "s" / "work"
+        d.mkdir(parents=True)
+        (d / "before.txt").write_text("kept")
+        ensure_session_dir(d, 2 * 2**20)
+        assert is_mountpoint(d, "tmpfs") and (d / "before.txt").read_text() == "kept"
+        assert not (parent / "s" / "work.pre-quota").exists()
+        st = os.statvfs(d)
+        assert st.f_blocks * st.f_frsize == 2 * 2**20
+        ensure_session_dir(d, 4 * 2**20)  # a later request with a bigger quota
+        st = os.statvfs(d)
+        assert st.f_blocks * st.f_frsize == 4 * 2**20
+        (d / "sub").mkdir()
+        os.symlink("/etc/shadow", d / "sub" / "link")
+        chown_tree(d, UID)
+        assert os.lstat(d / "sub" / "link").st_uid == UID
+        assert os.stat("/etc/shadow").st_uid == 0  # the link was not followed
+        release_session_dir(d)
+        assert not is_mountpoint(d) and list(d.iterdir()) == []
+    finally:
+        release_session_dir(parent / "s" / "work")
+        subprocess.run(["rm", "-rf", str(parent)], check=False)
+
+
+def test_launcher_reports_exact_peak_rss_and_wait_status(tmp_path: Path) -> None:
+    launcher = build_launcher(tmp_path)
+    assert build_launcher(tmp_path) == launcher  # built once per source version
+    r, w = os.pipe()
+    code = (
+        "b = bytearray(50 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\nraise SystemExit(7)"
+    )
+    t = time.monotonic()
+    subprocess.run(
+        [str(launcher), str(w), "-1", "-a", "--", "/usr/bin/python3", "-c", code],
+        pass_fds=(w,),
+        check=True,
+    )
+    os.close(w)
+    status, rss_kib = map(int, os.read(r, 100).split())
+    os.close(r)
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert 50 * 1024 < rss_kib < 90 * 1024  # the program's peak, not this process's
+    assert time.monotonic() - t < 10
