@@ -422,7 +422,7 @@ class DeepExecAsyncClient:
             on_stderr: called with each chunk of standard error as it is produced.
 
         Returns:
-            The CodeExecutionResult: output, stdout, stderr, exit_code, execution_time (ms),
+            CodeExecutionResult: output, stdout, stderr, exit_code, execution_time (ms),
             memory_usage (bytes), timed_out and truncation flags.
 
         Raises:
