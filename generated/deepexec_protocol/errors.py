@@ -55,11 +55,20 @@ class MCPError(Exception):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
+        #: What went wrong, for people. Never contains a provider key or a token.
         self.message = message
+        #: The protocol error code (``validation_error``, ``not_found``...), or the class's
+        #: default code; None for errors that happen on the client (a refused connection).
         self.code = code if code is not None else self.default_code
+        #: The HTTP status of the answer, or None when there was no answer.
         self.http_status = http_status
+        #: The server's id of the request (its ``X-Request-ID``); quote it when reporting a
+        #: problem: the server's log lines carry it.
         self.request_id = request_id
+        #: Machine-readable details from the server's error object (for validation errors,
+        #: ``path`` names the offending field); empty when there are none.
         self.details = details or {}
+        #: Seconds the server asked to wait before trying again (``Retry-After``), if it did.
         self.retry_after = retry_after
 
     def __str__(self) -> str:
