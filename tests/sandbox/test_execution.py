@@ -253,10 +253,27 @@ async def test_execute_after_close_raises(
         await ex.execute(req("print(1)", limits))
 
 
+async def test_warm_pool_only_for_warm_languages(
+    make_settings: Callable[..., SandboxSettings],
+) -> None:
+    ex = LocalExecutor(
+        make_settings(warm_pool_size=1, languages=("python", "ruby"), warm_languages=("python",))
+    )
+    await ex.start()
+    try:
+        await ex.wait_warm()
+        assert set(ex._pool) == {"python"}  # noqa: SLF001 - the pool is what is tested
+        assert len(ex._pool["python"]) == 1  # noqa: SLF001
+    finally:
+        await ex.close()
+
+
 async def test_warm_pool_serves_prestarted_sandboxes_once(
     make_settings: Callable[..., SandboxSettings], runtime_dir: Path
 ) -> None:
-    ex = LocalExecutor(make_settings(warm_pool_size=1, languages=("python", "ruby")))
+    ex = LocalExecutor(
+        make_settings(warm_pool_size=1, languages=("python", "ruby"), warm_languages=None)
+    )
     await ex.start()
     try:
         # How long the interpreter has been running when the program starts.
