@@ -165,7 +165,11 @@ class DeepExecAsyncClient:
             raise MCPError("the DeepExecAsyncClient is closed")
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._config.verify_ssl)
-            self._session = aiohttp.ClientSession(connector=connector)
+            # the client's fixed headers (user agent, token, provider keys) are the
+            # session's defaults; a call adds only its Idempotency-Key
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._base_headers
+            )
         return self._session
 
     async def close(self) -> None:
@@ -242,9 +246,7 @@ class DeepExecAsyncClient:
         nothing for it.
         """
         op = OPERATIONS[name]
-        headers = dict(self._base_headers)
-        if op.method == "POST":
-            headers["Idempotency-Key"] = _new_idempotency_key()
+        headers = {"Idempotency-Key": _new_idempotency_key()} if op.method == "POST" else None
         session = self._http()
         endpoint = self._config.endpoint
         limit = self._config.timeout if timeout is None else timeout
@@ -717,8 +719,7 @@ class DeepExecAsyncClient:
             ),
             m.TextGenerationRequest,
         )
-        headers = dict(self._base_headers)
-        headers["Idempotency-Key"] = _new_idempotency_key()
+        headers = {"Idempotency-Key": _new_idempotency_key()}
         events = ops.text_generation_stream.stream(
             self._http(),
             self._config.endpoint,
@@ -1064,7 +1065,6 @@ class DeepExecAsyncClient:
             self._http(),
             self._config.endpoint,
             job_id=_job_id(job_id),
-            headers=self._base_headers,
             timeout=None,
         )
         return self._scrubbing(events)

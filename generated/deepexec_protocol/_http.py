@@ -198,8 +198,11 @@ def _body(body: Any) -> bytes | None:
     return None if body is None else orjson.dumps(unstructure(body))
 
 
-def _headers(headers: Mapping[str, str] | None, has_body: bool, accept: str) -> dict[str, str]:
-    out = {"Accept": accept}
+def _headers(
+    headers: Mapping[str, str] | None, has_body: bool, accept_sse: bool = False
+) -> dict[str, str]:
+    """The request's own headers (the session's default headers are added by aiohttp)."""
+    out = {"Accept": SSE_TYPE if accept_sse else "application/json"}
     if has_body:
         out["Content-Type"] = "application/json"
     if headers:
@@ -235,7 +238,7 @@ async def send(
             _url(base_url, path, path_params or {}),
             data=payload,
             params=_query(query),
-            headers=_headers(headers, payload is not None, "application/json"),
+            headers=_headers(headers, payload is not None),
             timeout=aiohttp.ClientTimeout(total=timeout) if timeout is not None else None,
         ) as resp:
             raw = await resp.read()
@@ -274,7 +277,7 @@ async def stream(
             method,
             _url(base_url, path, path_params or {}),
             data=payload,
-            headers=_headers(headers, payload is not None, SSE_TYPE),
+            headers=_headers(headers, payload is not None, accept_sse=True),
             timeout=client_timeout,
         ) as resp:
             request_id = _request_id(resp.headers)
