@@ -10,8 +10,8 @@
 | max_body_bytes | DEEPEXEC_SERVER_MAX_BODY_BYTES | 2 MiB | largest request body |
 | max_code_length | DEEPEXEC_SERVER_MAX_CODE_LENGTH | 100000 | longest code (<= schema maximum) |
 | max_jobs_per_token | DEEPEXEC_SERVER_MAX_JOBS_PER_TOKEN | 100 | unfinished jobs per token |
-| rate_limit | DEEPEXEC_SERVER_RATE_LIMIT | 50 | requests per second per token (0 = off) |
-| rate_burst | DEEPEXEC_SERVER_RATE_BURST | 100 | burst of the rate limit |
+| rate_limit | DEEPEXEC_SERVER_RATE_LIMIT | 500 | requests per second per token (0 = off) |
+| rate_burst | DEEPEXEC_SERVER_RATE_BURST | 1000 | burst of the rate limit |
 | session_ttl | DEEPEXEC_SERVER_SESSION_TTL | 900 | idle seconds before a session closes |
 | retention | DEEPEXEC_SERVER_RETENTION | 604800 | seconds finished jobs are kept |
 | shutdown_grace | DEEPEXEC_SERVER_SHUTDOWN_GRACE | 10 | seconds running jobs get on SIGTERM |
@@ -56,8 +56,8 @@ class ServerSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     max_code_length: int = 100_000
     max_jobs_per_token: int = 100
-    rate_limit: float = 50.0
-    rate_burst: int = 100
+    rate_limit: float = 500.0
+    rate_burst: int = 1000
     session_ttl: float = 900.0
     retention: float = 7 * 24 * 3600.0
     shutdown_grace: float = 10.0

@@ -7,6 +7,7 @@ truncated or wrong-version response never leaks a KeyError, TypeError or JSONDec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -252,6 +253,23 @@ async def send(
     return Response(status, resp_headers, _request_id(resp_headers), parsed)
 
 
+_DRAIN_SECONDS = 0.05
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read a finished stream to its end, so its connection goes back to the pool.
+
+    The server ends the response right after the terminal event; a server that does not
+    within a moment gets the connection closed instead (the cost: one new connection).
+    """
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while await resp.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+
+
 async def stream(
     session: aiohttp.ClientSession,
     base_url: str,
@@ -309,6 +327,7 @@ async def stream(
                         _raise_for_error(event.error, resp.status, request_id, resp.headers)
                     yield event
                     if kind in terminal:
+                        await _drain(resp)
                         return
     except TimeoutError as exc:
         raise errors.MCPTimeoutError(f"stream idle for {timeout} s", timeout=timeout) from exc
