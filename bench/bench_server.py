@@ -58,7 +58,14 @@ from tests.fakes.fake_openai_provider import FakeOpenAIServer  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CORES = os.cpu_count() or 1
-TARGETS = {"wait": 1.05, "relay_ms": 5.0, "rss_mb": 80.0, "throughput": 0.8}
+TARGETS = {
+    "wait": 1.05,
+    "relay_ms": 5.0,
+    "rss_mb": 80.0,
+    "throughput": 0.8,
+    "latency_warm": 1.0,
+    "latency_cold": 1.3,
+}
 
 
 # ---------------------------------------------------------------------------- processes
@@ -442,6 +449,35 @@ def sandbox_saturation(clients: int, seconds: float) -> float:
 # ---------------------------------------------------------------------------- main
 
 
+def bare_start_ms() -> float:
+    """One bare cold start of Debian's interpreter, as the sandbox runs it."""
+    t0 = time.perf_counter()
+    subprocess.run(["/usr/bin/python3", "-c", "print(1)"], check=True, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - t0) * 1000
+
+
+async def latency(urls: dict[str, str], n: int) -> dict[str, list[float]]:
+    """execute_code_and_wait("print(1)") through each server vs a bare cold start,
+    interleaved round by round (a short pause before each, as a lone request sees)."""
+    out: dict[str, list[float]] = {"bare": [], **{k: [] for k in urls}}
+    clients = {k: client(u) for k, u in urls.items()}
+    try:
+        for c in clients.values():
+            await c.execute_code_and_wait("print(1)", "python")
+        for _ in range(n):
+            await asyncio.sleep(0.05)
+            out["bare"].append(await asyncio.to_thread(bare_start_ms))
+            for k, c in clients.items():
+                await asyncio.sleep(0.05)
+                t0 = time.perf_counter()
+                await c.execute_code_and_wait("print(1)", "python")
+                out[k].append((time.perf_counter() - t0) * 1000)
+    finally:
+        for c in clients.values():
+            await c.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=30, help="runs per side (wait overhead)")
@@ -493,6 +529,20 @@ def main() -> int:
         results["tp"] = asyncio.run(
             throughput(server.url, args.clients, args.seconds, server.proc.pid)
         )
+        cold = Server(
+            {
+                "DEEPEXEC_SERVER_RATE_LIMIT": "0",
+                "DEEPEXEC_SERVER_WARM_POOL": "0",
+                "DEEPEXEC_CONFIG": "/dev/null",
+            }
+        )
+        try:
+            time.sleep(1.0)
+            results["latency"] = asyncio.run(
+                latency({"warm": server.url, "cold": cold.url}, args.n)
+            )
+        finally:
+            cold.stop()
     finally:
         rc = server.stop()
         fake.stop()
@@ -575,6 +625,22 @@ def main() -> int:
     print(
         f"   local executor alone, same clients, no server: {sat:.1f} executions/s; "
         f"server / executor alone {tp['rate'] / sat:.3f}"
+    )
+    lat = results["latency"]
+    bare, warm, cold_ms = (statistics.median(lat[k]) for k in ("bare", "warm", "cold"))
+    print()
+    print(
+        f"5. latency of execute_code_and_wait('print(1)', 'python') through SDK + server, "
+        f"{len(lat['bare'])} interleaved rounds"
+    )
+    print(f"   bare /usr/bin/python3 -c 'print(1)'   median {bare:7.2f} ms")
+    print(
+        f"   with the warm pool                   median {warm:7.2f} ms   ratio {warm / bare:.2f}"
+        f"   target <= {TARGETS['latency_warm']}"
+    )
+    print(
+        f"   without it (--warm-pool 0)           median {cold_ms:7.2f} ms   ratio "
+        f"{cold_ms / bare:.2f}   target <= {TARGETS['latency_cold']}"
     )
     print()
     print(f"server exit status on SIGTERM: {rc}")
