@@ -40,7 +40,16 @@ from .base import (
 from .hostfs import write_new_file
 from .languages import C_INIT_NAME, C_INIT_SOURCE, LanguageSpec, detect_languages, resolve_language
 from .launcher import RLIMIT_CODES, build_launcher
-from .process import Launch, RawResult, Spawned, control_channel, send_control, start, supervise
+from .process import (
+    Launch,
+    RawResult,
+    Spawned,
+    compile_failure,
+    control_channel,
+    send_control,
+    start,
+    supervise,
+)
 from .settings import SandboxSettings
 
 __all__ = ["SubprocessExecutor"]
@@ -188,21 +197,9 @@ class SubprocessExecutor(Executor):
                 on_output=None,
                 t0=time.monotonic(),
             )
-            compile_output = raw.stdout + raw.stderr
             if raw.timed_out or raw.wait_status != 0:
-                code, sig = _status(raw)
-                return ExecutionOutcome(
-                    stdout="",
-                    stderr=compile_output,
-                    exit_code=code,
-                    signal=sig,
-                    timed_out=raw.timed_out,
-                    stdout_truncated=False,
-                    stderr_truncated=raw.stdout_truncated or raw.stderr_truncated,
-                    execution_time_ms=0.0,
-                    memory_usage=raw.max_rss,
-                    compile_output=compile_output,
-                )
+                return compile_failure(raw, *_status(raw))
+            compile_output = raw.stdout + raw.stderr
             t0 = time.monotonic()
             sp = self._spawn([str(tmp / "main")], {**env, **req.env}, work, spec, limits)
             raw = await supervise(

@@ -102,7 +102,16 @@ from .hostfs import (
 )
 from .languages import C_INIT_NAME, C_INIT_SOURCE, LanguageSpec, detect_languages, resolve_language
 from .launcher import RLIMIT_CODES, build_launcher
-from .process import Launch, RawResult, Spawned, control_channel, send_control, start, supervise
+from .process import (
+    Launch,
+    RawResult,
+    Spawned,
+    compile_failure,
+    control_channel,
+    send_control,
+    start,
+    supervise,
+)
 from .seccomp import seccomp_filter
 from .settings import SandboxSettings
 from .uids import UidLease, UidPool, check_uid_range, sweep_uid
@@ -858,21 +867,10 @@ class LocalExecutor(Executor):
             on_output=None,
             t0=time.monotonic(),
         )
-        compile_output = raw.stdout + raw.stderr
         exit_code, sig = _decode_status(raw.wait_status, via_bwrap=True)
         if raw.timed_out or exit_code != 0:
-            return ExecutionOutcome(
-                stdout="",
-                stderr=compile_output,
-                exit_code=exit_code,
-                signal=sig,
-                timed_out=raw.timed_out,
-                stdout_truncated=False,
-                stderr_truncated=raw.stdout_truncated or raw.stderr_truncated,
-                execution_time_ms=0.0,
-                memory_usage=raw.max_rss,
-                compile_output=compile_output,
-            )
+            return compile_failure(raw, exit_code, sig)
+        compile_output = raw.stdout + raw.stderr
         cmd = self._command(box, limits, ["/sandbox/main"], writable_prog=False, env=req.env)
         t0 = time.monotonic()
         sp = self._start(box, cmd)

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import define
 
-from .base import OutputCallback
+from .base import ExecutionOutcome, OutputCallback
 
 __all__ = [
     "Launch",
@@ -551,3 +551,21 @@ def _killpg_quiet(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def compile_failure(raw: RawResult, exit_code: int | None, sig: int | None) -> ExecutionOutcome:
+    """The outcome of a compile step that failed (or ran out of time): the compiler's
+    messages as stderr and compile_output, nothing run."""
+    compile_output = raw.stdout + raw.stderr
+    return ExecutionOutcome(
+        stdout="",
+        stderr=compile_output,
+        exit_code=exit_code,
+        signal=sig,
+        timed_out=raw.timed_out,
+        stdout_truncated=False,
+        stderr_truncated=raw.stdout_truncated or raw.stderr_truncated,
+        execution_time_ms=0.0,
+        memory_usage=raw.max_rss,
+        compile_output=compile_output,
+    )
