@@ -637,14 +637,20 @@ class LocalExecutor(Executor):
         box.sp = sp
         return sp
 
-    def _schedule_teardown(self, box: _Box) -> None:
-        task = asyncio.ensure_future(self._teardown(box))
+    def _schedule_teardown(self, box: _Box, *, delay: float = 0.0) -> None:
+        task = asyncio.ensure_future(self._teardown(box, delay))
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)
 
-    async def _teardown(self, box: _Box) -> None:
-        """Kill and reap, unmount the scratch, sweep the uid, release it."""
+    async def _teardown(self, box: _Box, delay: float = 0.0) -> None:
+        """Kill and reap, unmount the scratch, sweep the uid, release it.
+
+        ``delay`` (only for a sandbox whose program has already exited) lets the
+        execution's result be delivered before the clean-up takes the event loop.
+        """
         try:
+            if delay and not self._closing:
+                await asyncio.sleep(delay)
             sp = box.sp
             if sp is not None:
                 sp.discard()
@@ -786,6 +792,7 @@ class LocalExecutor(Executor):
         code = req.code.encode("utf-8", "surrogateescape")
         program = f"main.{spec.file_extension}"
         box = None
+        exited = False
         if session is None and not spec.compiled:
             box = self._take_warm(spec, limits)
         if box is None:
@@ -834,9 +841,13 @@ class LocalExecutor(Executor):
                 t0=t0,
                 before_io=go,
             )
-            return self._outcome(raw, None)
+            outcome = self._outcome(raw, None)
+            exited = True
+            return outcome
         finally:
-            self._schedule_teardown(box)
+            # a program that ended is cleaned up a moment later (its result goes out
+            # first); one interrupted (canceled, failed) is killed at once
+            self._schedule_teardown(box, delay=_REFILL_DELAY if exited else 0.0)
             wake = self._pool_wake.get(spec.id)
             if wake is not None:
                 # Start the replacement a moment later: its set-up (mounts, fork/exec)
