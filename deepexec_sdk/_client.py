@@ -45,6 +45,8 @@ OutputCallback = Callable[[str], Awaitable[None] | None]
 
 #: slack added to the HTTP timeout of a call whose server-side work has its own limit
 _SERVER_SLACK = 10.0
+#: seconds without a byte after which a job event stream counts as dead (3 server pings)
+_STREAM_IDLE_LIMIT = 45.0
 #: polling fallback: first interval and cap, in seconds (the interval grows by half each poll)
 _POLL_START, _POLL_MAX = 0.05, 1.0
 
@@ -1065,7 +1067,9 @@ class DeepExecAsyncClient:
             self._http(),
             self._config.endpoint,
             job_id=_job_id(job_id),
-            timeout=None,
+            # the server sends a comment every 15 s on an idle stream: a longer silence
+            # means a dead connection (the waiters reconnect on it)
+            timeout=max(self._config.timeout, _STREAM_IDLE_LIMIT),
         )
         return self._scrubbing(events)
 

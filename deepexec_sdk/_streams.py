@@ -11,7 +11,7 @@ import attrs
 from deepexec_protocol import models as m
 
 from ._results import job_result
-from .exceptions import MCPConnectionError
+from .exceptions import MCPConnectionError, MCPTimeoutError
 
 if TYPE_CHECKING:
     from ._client import DeepExecAsyncClient
@@ -114,7 +114,9 @@ class ExecutionStream:
                     elif isinstance(event, m.JobResultEvent):
                         self._finish(event.job)
                         return
-            except MCPConnectionError:
+            except (MCPConnectionError, MCPTimeoutError) as exc:
+                if isinstance(exc, MCPTimeoutError) and exc.code is not None:
+                    raise  # the job's own time limit, not a silent connection
                 # reconnect: the server sends the job's current state first (a job that
                 # ended meanwhile ends the new stream at once)
                 failures += 1

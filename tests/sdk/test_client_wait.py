@@ -194,6 +194,30 @@ async def test_reconnects_when_the_stream_is_cut(
     assert progress == [0, 30, 60, 100]
 
 
+async def test_a_silent_stream_counts_as_dead_and_is_reconnected(
+    make_facade: Any, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_STREAM_IDLE_LIMIT", 0.2)
+    live = make_facade(endpoint=server.url, max_retries=0, timeout=0.2)
+    # the first connection says one thing, then nothing at all (no pings): a dead peer
+    server.on_sse(
+        "GET",
+        EVENTS,
+        [status_event("RUNNING", 10), "wait:silence"],
+        [status_event("RUNNING", 10), result_event(DONE)],
+    )
+    server.on_json("GET", STATUS, (200, ok("job_status", job("RUNNING", 10))))
+
+    started = time.monotonic()
+    status = await live("wait_for_job", JOB_ID)
+
+    assert status.status == JobState.COMPLETED
+    assert server.paths().count(EVENTS) == 2
+    assert time.monotonic() - started < 4.0  # did not wait for the silent peer
+    server.flag("silence").set()  # let the silent handler finish before teardown
+    await asyncio.sleep(0.05)
+
+
 async def test_a_job_that_ends_while_disconnected_is_seen_on_reconnect(
     live: Facade, server: ScriptedServer
 ) -> None:
