@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import re
 import time
@@ -254,6 +255,8 @@ class DeepExecAsyncClient:
         limit = self._config.timeout if timeout is None else timeout
 
         async def attempt(number: int) -> T:
+            if not logger.isEnabledFor(logging.DEBUG):
+                return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
             started = time.perf_counter()
             try:
                 return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
@@ -269,7 +272,12 @@ class DeepExecAsyncClient:
 
         retryable = self._retry_checks[name]
         try:
-            return await attempt(0)
+            # the first attempt without the wrapper's extra coroutine level (hot path)
+            return await (
+                fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
+                if not logger.isEnabledFor(logging.DEBUG)
+                else attempt(0)
+            )
         except MCPError as exc:
             if self._policy.max_retries == 0 or not retryable(exc):
                 self._scrub(exc)

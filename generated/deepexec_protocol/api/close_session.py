@@ -76,8 +76,12 @@ async def asyncio(
     Returns the output of a successful answer.
     Raises an MCPError subclass for an error answer, a malformed answer or a transport failure.
     """
-    response = await asyncio_detailed(
-        session, base_url, timeout=timeout, session_id=session_id, headers=headers
+    response = await _http.send(
+        session,
+        base_url,
+        model=CloseSessionResponse,
+        timeout=timeout,
+        **_get_kwargs(session_id=session_id, headers=headers),
     )
     output = response.parsed.output
     assert output is not None  # decode_envelope guarantees an output on success

@@ -69,7 +69,9 @@ async def asyncio(
     Returns the output of a successful answer.
     Raises an MCPError subclass for an error answer, a malformed answer or a transport failure.
     """
-    response = await asyncio_detailed(session, base_url, timeout=timeout, headers=headers)
+    response = await _http.send(
+        session, base_url, model=HealthResponse, timeout=timeout, **_get_kwargs(headers=headers)
+    )
     output = response.parsed.output
     assert output is not None  # decode_envelope guarantees an output on success
     return output

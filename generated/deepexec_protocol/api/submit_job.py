@@ -76,8 +76,12 @@ async def asyncio(
     Returns the output of a successful answer.
     Raises an MCPError subclass for an error answer, a malformed answer or a transport failure.
     """
-    response = await asyncio_detailed(
-        session, base_url, timeout=timeout, body=body, headers=headers
+    response = await _http.send(
+        session,
+        base_url,
+        model=SubmitJobResponse,
+        timeout=timeout,
+        **_get_kwargs(body=body, headers=headers),
     )
     output = response.parsed.output
     assert output is not None  # decode_envelope guarantees an output on success
