@@ -42,10 +42,11 @@ from .languages import C_INIT_NAME, C_INIT_SOURCE, LanguageSpec, detect_language
 from .launcher import RLIMIT_CODES, build_launcher
 from .process import (
     Launch,
-    RawResult,
     Spawned,
     compile_failure,
     control_channel,
+    env_payload,
+    run_outcome,
     send_control,
     start,
     supervise,
@@ -198,7 +199,7 @@ class SubprocessExecutor(Executor):
                 t0=time.monotonic(),
             )
             if raw.timed_out or raw.wait_status != 0:
-                return compile_failure(raw, *_status(raw))
+                return compile_failure(raw, via_bwrap=False)
             compile_output = raw.stdout + raw.stderr
             t0 = time.monotonic()
             sp = self._spawn([str(tmp / "main")], {**env, **req.env}, work, spec, limits)
@@ -219,7 +220,7 @@ class SubprocessExecutor(Executor):
                 sp = self._spawn(command, env, work, spec, limits, pass_fds=[ctl_r], control=ctl)
             finally:
                 os.close(ctl_r)
-            payload = b"".join(f"{k}={v}".encode() + b"\0" for k, v in req.env.items())
+            payload = env_payload(req.env)
 
             async def go() -> None:
                 await send_control(sp, payload)
@@ -233,22 +234,4 @@ class SubprocessExecutor(Executor):
                 t0=t0,
                 before_io=go,
             )
-        code, sig = _status(raw)
-        return ExecutionOutcome(
-            stdout=raw.stdout,
-            stderr=raw.stderr,
-            exit_code=code,
-            signal=sig,
-            timed_out=raw.timed_out,
-            stdout_truncated=raw.stdout_truncated,
-            stderr_truncated=raw.stderr_truncated,
-            execution_time_ms=raw.elapsed_ms,
-            memory_usage=raw.max_rss,
-            compile_output=compile_output,
-        )
-
-
-def _status(raw: RawResult) -> tuple[int | None, int | None]:
-    if os.WIFSIGNALED(raw.wait_status):
-        return None, os.WTERMSIG(raw.wait_status)
-    return os.WEXITSTATUS(raw.wait_status), None
+        return run_outcome(raw, via_bwrap=False, compile_output=compile_output)

@@ -104,10 +104,11 @@ from .languages import C_INIT_NAME, C_INIT_SOURCE, LanguageSpec, detect_language
 from .launcher import RLIMIT_CODES, build_launcher
 from .process import (
     Launch,
-    RawResult,
     Spawned,
     compile_failure,
     control_channel,
+    env_payload,
+    run_outcome,
     send_control,
     start,
     supervise,
@@ -201,20 +202,6 @@ def rlimits_for(limits: Limits, *, data_limit: bool) -> list[tuple[int, int, int
     else:
         out.append((r["as"], limits.memory, limits.memory))
     return out
-
-
-def _decode_status(status: int, *, via_bwrap: bool) -> tuple[int | None, int | None]:
-    """(exit_code, signal) from a wait status (see the module docstring)."""
-    if os.WIFSIGNALED(status):
-        return None, os.WTERMSIG(status)
-    code = os.WEXITSTATUS(status)
-    if via_bwrap and 128 < code <= 128 + 64:
-        return None, code - 128
-    return code, None
-
-
-def _env_payload(env: Mapping[str, str]) -> bytes:
-    return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in env.items())
 
 
 #: seconds between the end of an execution and the start of its warm replacement
@@ -827,7 +814,7 @@ class LocalExecutor(Executor):
             else:
                 sp = box.sp
                 t0 = time.monotonic()
-            payload = _env_payload(req.env)
+            payload = env_payload(req.env)
 
             async def go() -> None:
                 await send_control(sp, payload)
@@ -841,7 +828,7 @@ class LocalExecutor(Executor):
                 t0=t0,
                 before_io=go,
             )
-            outcome = self._outcome(raw, None)
+            outcome = run_outcome(raw, via_bwrap=True, compile_output=None)
             exited = True
             return outcome
         finally:
@@ -878,9 +865,8 @@ class LocalExecutor(Executor):
             on_output=None,
             t0=time.monotonic(),
         )
-        exit_code, sig = _decode_status(raw.wait_status, via_bwrap=True)
-        if raw.timed_out or exit_code != 0:
-            return compile_failure(raw, exit_code, sig)
+        if raw.timed_out or raw.wait_status != 0:
+            return compile_failure(raw, via_bwrap=True)
         compile_output = raw.stdout + raw.stderr
         cmd = self._command(box, limits, ["/sandbox/main"], writable_prog=False, env=req.env)
         t0 = time.monotonic()
@@ -893,23 +879,7 @@ class LocalExecutor(Executor):
             on_output=on_output,
             t0=t0,
         )
-        return self._outcome(raw, compile_output)
-
-    @staticmethod
-    def _outcome(raw: RawResult, compile_output: str | None) -> ExecutionOutcome:
-        exit_code, sig = _decode_status(raw.wait_status, via_bwrap=True)
-        return ExecutionOutcome(
-            stdout=raw.stdout,
-            stderr=raw.stderr,
-            exit_code=exit_code,
-            signal=sig,
-            timed_out=raw.timed_out,
-            stdout_truncated=raw.stdout_truncated,
-            stderr_truncated=raw.stderr_truncated,
-            execution_time_ms=raw.elapsed_ms,
-            memory_usage=raw.max_rss,
-            compile_output=compile_output,
-        )
+        return run_outcome(raw, via_bwrap=True, compile_output=compile_output)
 
     async def release_workdir(self, workdir: Path) -> None:
         """Unmount a session dir's quota tmpfs (the session is over; its files are gone,

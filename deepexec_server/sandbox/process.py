@@ -28,7 +28,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from attrs import define
 
@@ -553,9 +553,43 @@ def _killpg_quiet(pgid: int) -> None:
         pass
 
 
-def compile_failure(raw: RawResult, exit_code: int | None, sig: int | None) -> ExecutionOutcome:
+def decode_status(status: int, *, via_bwrap: bool) -> tuple[int | None, int | None]:
+    """``(exit_code, signal)`` of a wait status. Through bubblewrap, a program killed by
+    signal N shows as exit 128+N, and is reported as that signal (as a shell would)."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    code = os.WEXITSTATUS(status)
+    if via_bwrap and 128 < code <= 128 + 64:
+        return None, code - 128
+    return code, None
+
+
+def env_payload(env: Mapping[str, str]) -> bytes:
+    """The caller's environment as the bootstrap reads it from the control channel."""
+    return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in env.items())
+
+
+def run_outcome(raw: RawResult, *, via_bwrap: bool, compile_output: str | None) -> ExecutionOutcome:
+    """The outcome of a program that ran (whatever its exit)."""
+    exit_code, sig = decode_status(raw.wait_status, via_bwrap=via_bwrap)
+    return ExecutionOutcome(
+        stdout=raw.stdout,
+        stderr=raw.stderr,
+        exit_code=exit_code,
+        signal=sig,
+        timed_out=raw.timed_out,
+        stdout_truncated=raw.stdout_truncated,
+        stderr_truncated=raw.stderr_truncated,
+        execution_time_ms=raw.elapsed_ms,
+        memory_usage=raw.max_rss,
+        compile_output=compile_output,
+    )
+
+
+def compile_failure(raw: RawResult, *, via_bwrap: bool) -> ExecutionOutcome:
     """The outcome of a compile step that failed (or ran out of time): the compiler's
     messages as stderr and compile_output, nothing run."""
+    exit_code, sig = decode_status(raw.wait_status, via_bwrap=via_bwrap)
     compile_output = raw.stdout + raw.stderr
     return ExecutionOutcome(
         stdout="",
