@@ -20,6 +20,7 @@ say which path is wrong. tests/generated checks that both accept exactly the sam
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -427,23 +428,36 @@ def _build_diagnostic() -> cattrs.Converter:
     return conv
 
 
-def _register_union(conv: cattrs.Converter, union: Any, members: dict[str, type[Any]]) -> None:
-    """Structure hooks of a union told apart by its ``type`` field, and of its Optional."""
+def _tagged_union(
+    members: dict[str, Callable[[Any], Any]],
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Structure functions of a union told apart by its ``type`` field, and of its
+    Optional: ``members`` maps each tag to the structure function of its model."""
     expected = ", ".join(members)
 
-    def hook(data: Any, _: Any) -> Any:
-        if not isinstance(data, Mapping):
-            raise _type_error("an object", data)
-        cls = members.get(data.get("type"))  # type: ignore[arg-type]
-        if cls is None:
-            raise ValueError(f"type: unknown type {data.get('type')!r}, expected one of {expected}")
-        return conv.structure(data, cls)
+    def structure(d: Any, _: Any = None) -> Any:
+        if d.__class__ is not dict and not isinstance(d, Mapping):
+            raise _type_error("an object", d)
+        fn = members.get(d.get("type"))  # type: ignore[arg-type]
+        if fn is None:
+            raise ValueError(
+                f"type: unknown type {d.get('type')!r:.40}, expected one of {expected}"
+            )
+        return fn(d)
 
-    def optional_hook(data: Any, _: Any) -> Any:
-        return None if data is None else hook(data, _)
+    def optional(d: Any, _: Any = None) -> Any:
+        return None if d is None else structure(d)
 
-    conv.register_structure_hook(union, hook)
-    conv.register_structure_hook(union | None, optional_hook)
+    return structure, optional
+
+
+def _register_union(conv: cattrs.Converter, union: Any, members: dict[str, type[Any]]) -> None:
+    """Register the hooks of a tagged union (and of its Optional) on ``conv``."""
+    structure, optional = _tagged_union(
+        {tag: functools.partial(conv.structure, cl=cls) for tag, cls in members.items()}
+    )
+    conv.register_structure_hook(union, structure)
+    conv.register_structure_hook(union | None, optional)
 
 
 _diagnostic = _build_diagnostic()
@@ -3195,65 +3209,30 @@ def _u_Usage(o: m.Usage) -> dict[str, Any]:
     return d
 
 
-_U_JobEvent: dict[str, Callable[[Any], Any]] = {
-    "job_status_event": _s_JobStatusEvent,
-    "job_progress_event": _s_JobProgressEvent,
-    "job_output_event": _s_JobOutputEvent,
-    "job_result_event": _s_JobResultEvent,
-    "stream_error": _s_StreamError,
-}
+_s_JobEvent, _s_optional_JobEvent = _tagged_union(
+    {
+        "job_status_event": _s_JobStatusEvent,
+        "job_progress_event": _s_JobProgressEvent,
+        "job_output_event": _s_JobOutputEvent,
+        "job_result_event": _s_JobResultEvent,
+        "stream_error": _s_StreamError,
+    }
+)
 
+_s_JobResult, _s_optional_JobResult = _tagged_union(
+    {
+        "code_execution_result": _s_CodeExecutionResult,
+        "text_generation_result": _s_TextGenerationResult,
+    }
+)
 
-def _s_JobEvent(d: Any, _: Any = None) -> Any:
-    if d.__class__ is not dict and not isinstance(d, Mapping):
-        raise _type_error("an object", d)
-    fn = _U_JobEvent.get(d.get("type"))  # type: ignore[arg-type]
-    if fn is None:
-        raise ValueError(f"type: unknown type {d.get('type')!r:.40}")
-    return fn(d)
-
-
-def _s_optional_JobEvent(d: Any, _: Any = None) -> Any:
-    return None if d is None else _s_JobEvent(d)
-
-
-_U_JobResult: dict[str, Callable[[Any], Any]] = {
-    "code_execution_result": _s_CodeExecutionResult,
-    "text_generation_result": _s_TextGenerationResult,
-}
-
-
-def _s_JobResult(d: Any, _: Any = None) -> Any:
-    if d.__class__ is not dict and not isinstance(d, Mapping):
-        raise _type_error("an object", d)
-    fn = _U_JobResult.get(d.get("type"))  # type: ignore[arg-type]
-    if fn is None:
-        raise ValueError(f"type: unknown type {d.get('type')!r:.40}")
-    return fn(d)
-
-
-def _s_optional_JobResult(d: Any, _: Any = None) -> Any:
-    return None if d is None else _s_JobResult(d)
-
-
-_U_TextGenerationStreamEvent: dict[str, Callable[[Any], Any]] = {
-    "text_generation_chunk": _s_TextGenerationChunk,
-    "text_generation_done": _s_TextGenerationDone,
-    "stream_error": _s_StreamError,
-}
-
-
-def _s_TextGenerationStreamEvent(d: Any, _: Any = None) -> Any:
-    if d.__class__ is not dict and not isinstance(d, Mapping):
-        raise _type_error("an object", d)
-    fn = _U_TextGenerationStreamEvent.get(d.get("type"))  # type: ignore[arg-type]
-    if fn is None:
-        raise ValueError(f"type: unknown type {d.get('type')!r:.40}")
-    return fn(d)
-
-
-def _s_optional_TextGenerationStreamEvent(d: Any, _: Any = None) -> Any:
-    return None if d is None else _s_TextGenerationStreamEvent(d)
+_s_TextGenerationStreamEvent, _s_optional_TextGenerationStreamEvent = _tagged_union(
+    {
+        "text_generation_chunk": _s_TextGenerationChunk,
+        "text_generation_done": _s_TextGenerationDone,
+        "stream_error": _s_StreamError,
+    }
+)
 
 
 _STRUCTURE: dict[Any, Callable[..., Any]] = {
