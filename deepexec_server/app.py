@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -757,7 +757,7 @@ def create_app(
         },
         concurrency=settings.concurrency,
         max_active_per_owner=settings.max_jobs_per_token or None,
-        retention=None if settings.retention <= 0 else _td(settings.retention),
+        retention=None if settings.retention <= 0 else timedelta(seconds=settings.retention),
     )
     limiter = (
         RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
@@ -816,9 +816,3 @@ def _workdir_hook(executor: Executor, name: str) -> Any:
         await method(session.workdir)
 
     return hook
-
-
-def _td(seconds: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
