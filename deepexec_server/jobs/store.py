@@ -4,11 +4,14 @@ Design
 ------
 * WAL journal mode, ``synchronous=NORMAL``: a committed job survives the server
   process being killed at any point (a power loss may lose the last few commits).
-* One writer path: every write runs on a single dedicated thread that owns the only
-  writing connection, so writes are serialized without any lock contention and never
-  block the event loop. Reads run on a second thread with its own connection (WAL
-  lets them proceed while a write is in progress). A read issued after a write
-  returned sees that write.
+* One writer path: one connection, used only from the event loop's thread. Every
+  call is one short transaction run inline (no thread hop): with WAL and
+  ``synchronous=NORMAL`` a commit appends to the WAL without an fsync, so an insert,
+  claim or completion costs 75-140 us here, less than handing the work to a thread
+  and waking the loop again (measured: five hops per job added 2.2 ms to its wait,
+  bench/bench_server.py). Calls are serialized by the loop itself, and a read
+  issued after a write returned sees that write. The only bulk write, :meth:`purge`,
+  deletes in batches and yields to the loop between them.
 * Every state transition is a guarded ``UPDATE ... WHERE status IN (...)``, so races
   (a job finishing while it is being canceled) resolve to exactly one winner.
 * Timestamps are stored as integer microseconds since the Unix epoch (UTC) and
@@ -30,7 +33,6 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,10 +222,7 @@ class JobStore:
         """Prepare a store for the database file ``path`` (nothing is opened yet)."""
         self._path = Path(path)
         self._clock = clock
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="jobstore-writer")
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="jobstore-reader")
-        self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
         self._closed = False
 
     @classmethod
@@ -249,85 +248,55 @@ class JobStore:
         """
         if self._closed:
             raise RuntimeError("the job store is closed")
-        if self._writer is not None:
+        if self._conn is not None:
             return self
-
-        def open_writer() -> None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = _connect(self._path)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                conn.close()
-                raise RuntimeError(
-                    f"{self._path} has schema version {version}, newer than this server "
-                    f"understands ({_SCHEMA_VERSION})"
-                )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            self._writer = conn
-
-        def open_reader() -> None:
-            conn = _connect(self._path)
-            conn.execute("PRAGMA query_only=ON")
-            self._reader = conn
-
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer_pool, open_writer)
-        await loop.run_in_executor(self._reader_pool, open_reader)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self._path)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            conn.close()
+            raise RuntimeError(
+                f"{self._path} has schema version {version}, newer than this server "
+                f"understands ({_SCHEMA_VERSION})"
+            )
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        self._conn = conn
         return self
 
     async def close(self) -> None:
-        """Close both connections and their threads. Idempotent."""
+        """Close the connection. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-
-        def close_conn(conn: sqlite3.Connection | None) -> None:
-            if conn is not None:
-                conn.close()
-
-        await loop.run_in_executor(self._reader_pool, close_conn, self._reader)
-        await loop.run_in_executor(self._writer_pool, close_conn, self._writer)
-        self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     # -- plumbing -----------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one IMMEDIATE transaction on the writer thread."""
+    def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise RuntimeError("the job store is closed")
-        if self._writer is None:
+        if self._conn is None:
             raise RuntimeError("the job store is not open")
+        return self._conn
 
-        def run() -> T:
-            conn = self._writer
-            assert conn is not None
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                value = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return value
-
-        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, run)
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one IMMEDIATE transaction (inline: see the module docstring)."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return value
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise RuntimeError("the job store is closed")
-        if self._reader is None:
-            raise RuntimeError("the job store is not open")
-
-        def run() -> T:
-            conn = self._reader
-            assert conn is not None
-            return fn(conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+        return fn(self._connection())
 
     def _now_us(self) -> int:
         return _to_us(self._clock())
@@ -340,7 +309,7 @@ class JobStore:
     # -- creation and reads ----------------------------------------------------------
 
     async def insert(
-        self, new: NewJob, *, max_active_per_owner: int | None = None
+        self, new: NewJob, *, max_active_per_owner: int | None = None, start: bool = False
     ) -> tuple[JobRecord, bool]:
         """Store a new PENDING job; return ``(record, created)``.
 
@@ -350,6 +319,10 @@ class JobStore:
         ``max_active_per_owner``, :class:`TooManyActiveJobs` is raised when the owner
         already has that many PENDING or RUNNING jobs (checked in the same
         transaction as the insert, so concurrent submits cannot overshoot).
+
+        With ``start`` (a worker is idle), a new job that would be the next one claimed
+        anyway (no other job is PENDING) is stored already RUNNING, as
+        :meth:`claim_next` would leave it: one transaction instead of two.
         """
         owner = _owner_key(new.owner)
         fingerprint = new.computed_fingerprint()
@@ -374,6 +347,13 @@ class JobStore:
                 ).fetchone()
                 if active >= max_active_per_owner:
                     raise TooManyActiveJobs(max_active_per_owner)
+            running = (
+                start
+                and conn.execute(
+                    "SELECT 1 FROM jobs WHERE status = ? LIMIT 1", (JobStatus.PENDING.value,)
+                ).fetchone()
+                is None
+            )
             values = {
                 "job_id": job_id,
                 "owner": owner,
@@ -384,12 +364,13 @@ class JobStore:
                 "priority": new.priority,
                 "tags": _dump(list(new.tags)),
                 "session_id": new.session_id,
-                "status": JobStatus.PENDING.value,
+                "status": (JobStatus.RUNNING if running else JobStatus.PENDING).value,
                 "progress": 0,
                 "created_us": created_us,
+                "started_us": created_us if running else None,
                 "idempotency_key": new.idempotency_key,
                 "fingerprint": fingerprint,
-                "attempts": 0,
+                "attempts": 1 if running else 0,
             }
             conn.execute(
                 f"INSERT INTO jobs ({', '.join(values)}) "
@@ -651,20 +632,28 @@ class JobStore:
 
         return await self._write(run)
 
-    async def purge(self, retention: timedelta) -> int:
+    async def purge(self, retention: timedelta, *, batch: int = 500) -> int:
         """Delete finished jobs whose ``finished_at`` is older than ``retention``.
 
         Unfinished jobs are never purged. Returns the number of jobs deleted; their
-        idempotency keys are forgotten with them.
+        idempotency keys are forgotten with them. Deletes at most ``batch`` jobs per
+        transaction and lets the event loop run between transactions.
         """
         cutoff = _to_us(self._clock() - retention)
 
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "DELETE FROM jobs WHERE finished_us IS NOT NULL AND finished_us < ? "
-                "AND status NOT IN (?, ?)",
-                (cutoff, *_UNFINISHED),
+                "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs "
+                "WHERE finished_us IS NOT NULL AND finished_us < ? AND status NOT IN (?, ?) "
+                "LIMIT ?)",
+                (cutoff, *_UNFINISHED, batch),
             )
             return int(cur.rowcount)
 
-        return await self._write(run)
+        total = 0
+        while True:
+            deleted = await self._write(run)
+            total += deleted
+            if deleted < batch:
+                return total
+            await asyncio.sleep(0)

@@ -284,6 +284,41 @@ async def test_purge_deletes_only_finished_jobs_past_retention(tmp_path: Path) -
         await store.close()
 
 
+async def test_purge_in_batches_deletes_every_expired_job_and_yields_between(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    store = await JobStore.open_in(tmp_path, clock=clock)
+    try:
+        done = []
+        for _ in range(7):
+            record, _ = await store.insert(job())
+            claimed = await store.claim_next()
+            assert claimed is not None
+            await store.complete(claimed.job_id, {})
+            done.append(record.job_id)
+        clock.advance(days=8)
+        kept, _ = await store.insert(job())
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        start = ticks
+        assert await store.purge(timedelta(days=7), batch=3) == 7
+        task.cancel()
+        assert ticks - start >= 2  # batches of 3, 3, 1: the loop ran between them
+        assert all([await store.load(job_id) is None for job_id in done])
+        assert await store.load(kept.job_id) is not None
+    finally:
+        await store.close()
+
+
 async def test_recover_after_crash_requeues_or_fails_running_jobs(tmp_path: Path) -> None:
     store = await JobStore.open_in(tmp_path)
     first, _ = await store.insert(job(priority=3))
