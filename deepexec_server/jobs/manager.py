@@ -5,7 +5,10 @@ Scheduling
     ``concurrency`` worker tasks each claim the next PENDING job from the store
     (highest ``priority`` first, then oldest) and run it with the runner registered
     for its ``job_type``. Idle workers sleep on an event that :meth:`JobManager.submit`
-    sets; there is no polling.
+    sets; there is no polling. When a worker is idle and nothing else is pending,
+    :meth:`JobManager.submit` stores the new job already RUNNING, starts its runner
+    and hands it to that worker (one store transaction instead of two, and the
+    program is already running when the submit is answered).
 
 Runners
     ``async def runner(job: JobRecord, ctx: JobContext) -> dict`` returns the job's
@@ -281,6 +284,7 @@ class _Live:
         self.persisted_progress = 0
         self.explicit_progress = False
         self.task: asyncio.Task[dict[str, Any]] | None = None
+        self.ticker: asyncio.Task[None] | None = None
         self.flush_task: asyncio.Task[None] | None = None
         self.cancel_requested = False
         self.shutdown = False
@@ -377,6 +381,9 @@ class JobManager:
         self._progress_tick = progress_tick
         self._max_buffered_output = max_buffered_output_chars
         self._wakeup = asyncio.Event()
+        self._idle_workers = 0
+        #: jobs started by submit(), waiting for the idle worker they were meant for
+        self._handed_off: deque[_Live] = deque()
         self._workers: list[asyncio.Task[None]] = []
         self._background: list[asyncio.Task[None]] = []
         self._running: dict[str, _Live] = {}
@@ -451,6 +458,12 @@ class JobManager:
                     )
                     for task in stuck:
                         task.cancel()
+        if self._handed_off:  # only when workers were stuck: the next start recovers them
+            logger.error("%d started job(s) were left without a worker", len(self._handed_off))
+            for live in self._handed_off:
+                assert live.task is not None
+                live.task.cancel()
+            self._handed_off.clear()
         for streams in list(self._subscribers.values()):
             for stream in list(streams):
                 stream._seal()
@@ -492,10 +505,21 @@ class JobManager:
             fingerprint=fingerprint,
         )
         record, created = await self._store.insert(
-            new, max_active_per_owner=self._max_active_per_owner
+            new,
+            max_active_per_owner=self._max_active_per_owner,
+            start=not self._stopping and self._idle_workers > len(self._handed_off),
         )
         if created:
-            self._wakeup.set()
+            if record.status is JobStatus.RUNNING:
+                live = self._begin(record)
+                assert live is not None  # job_type was checked above
+                self._handed_off.append(live)
+                self._wakeup.set()
+                # let the runner take its first steps (start the program) before the
+                # caller goes on answering the request
+                await asyncio.sleep(0)
+            else:
+                self._wakeup.set()
         return SubmitResult(job=self._overlay(record), created=created)
 
     async def get(self, job_id: str, owner: str | None) -> JobRecord | None:
@@ -666,21 +690,40 @@ class JobManager:
     # -- internals: workers -------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while not self._stopping:
+        while True:
+            if self._handed_off:
+                live = self._handed_off.popleft()
+                try:
+                    await self._finish(live)
+                except Exception:
+                    logger.exception(
+                        "job %s: unexpected error in the job manager", live.record.job_id
+                    )
+                continue
+            if self._stopping:
+                return
             self._wakeup.clear()
             try:
-                record = await self._store.claim_next()
+                claimed = await self._store.claim_next()
             except Exception:
                 logger.exception("could not claim a job; retrying in 1 s")
                 await asyncio.sleep(1.0)
                 continue
-            if record is None:
-                await self._wakeup.wait()
+            if claimed is None:
+                self._idle_workers += 1
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._idle_workers -= 1
                 continue
             try:
-                await self._execute(record)
+                started = self._begin(claimed)
+                if started is None:
+                    await self._fail_unrunnable(claimed)
+                else:
+                    await self._finish(started)
             except Exception:
-                logger.exception("job %s: unexpected error in the job manager", record.job_id)
+                logger.exception("job %s: unexpected error in the job manager", claimed.job_id)
 
     async def _invoke(self, runner: Runner, record: JobRecord, ctx: JobContext) -> dict[str, Any]:
         if record.timeout is None:
@@ -688,32 +731,42 @@ class JobManager:
         async with asyncio.timeout(record.timeout + self._timeout_grace):
             return await runner(record, ctx)
 
-    async def _execute(self, record: JobRecord) -> None:
-        job_id = record.job_id
+    async def _fail_unrunnable(self, record: JobRecord) -> None:
+        failed = await self._store.fail(
+            record.job_id,
+            JobError(
+                code="internal_error",
+                message=f"this server cannot run jobs of type {record.job_type!r}",
+            ),
+        )
+        if failed is not None:
+            self._publish_terminal(failed)
+
+    def _begin(self, record: JobRecord) -> _Live | None:
+        """Start the runner task of a RUNNING job (None: no runner for its type)."""
         runner = self._runners.get(record.job_type)
         if runner is None:
-            failed = await self._store.fail(
-                job_id,
-                JobError(
-                    code="internal_error",
-                    message=f"this server cannot run jobs of type {record.job_type!r}",
-                ),
-            )
-            if failed is not None:
-                self._publish_terminal(failed)
-            return
+            return None
+        job_id = record.job_id
         live = _Live(record)
         self._running[job_id] = live
         self._publish(job_id, _status_event(job_id, JobStatus.RUNNING, 0))
         ctx = JobContext(self, live)
-        ticker: asyncio.Task[None] | None = None
         if record.timeout is not None and record.timeout > 0:
-            ticker = asyncio.create_task(self._time_progress(live, record.timeout))
-        task = asyncio.create_task(self._invoke(runner, record, ctx), name=f"job-{job_id}")
-        live.task = task
+            live.ticker = asyncio.create_task(self._time_progress(live, record.timeout))
+        live.task = asyncio.create_task(self._invoke(runner, record, ctx), name=f"job-{job_id}")
+        return live
+
+    async def _finish(self, live: _Live) -> None:
+        """Wait for a started job's runner, record and publish its outcome, clean up."""
+        task, ticker, job_id = live.task, live.ticker, live.record.job_id
+        assert task is not None
         try:
             await asyncio.wait({task})
             final = await self._settle(live, task)
+            live.finished = True
+            if final is not None:
+                self._publish_terminal(final)  # before the clean-up below: it can wait
         finally:
             live.finished = True
             if ticker is not None:
@@ -722,8 +775,6 @@ class JobManager:
             if live.flush_task is not None:
                 await asyncio.gather(live.flush_task, return_exceptions=True)
             self._running.pop(job_id, None)
-        if final is not None:
-            self._publish_terminal(final)
 
     async def _settle(self, live: _Live, task: asyncio.Task[dict[str, Any]]) -> JobRecord | None:
         """Record the outcome of a finished runner task; return the terminal record."""

@@ -507,3 +507,68 @@ async def test_submit_validation_idempotency_and_limits(
     await finished(manager, first.job.job_id)
     page = await manager.list(OWNER, limit=10)
     assert [r.name for r in page.jobs] == ["second", "a"]
+
+
+async def test_submit_to_an_idle_worker_starts_the_job_before_returning(
+    store: JobStore, make_manager: Any, harness: Harness
+) -> None:
+    manager = make_manager(concurrency=1)
+    await manager.start()
+    await asyncio.sleep(0.01)  # the worker found nothing and sleeps
+    record = await submit(manager, "fast", ("gate", "f"))
+    # stored RUNNING in the same transaction as the insert, runner already started
+    assert record.status is JobStatus.RUNNING and record.attempts == 1
+    assert record.started_at == record.created_at
+    assert harness.started == ["fast"]
+    stored = await store.load(record.job_id)
+    assert stored is not None and stored.status is JobStatus.RUNNING
+    # the worker is busy with it: the next job waits in the queue
+    queued = await submit(manager, "queued")
+    assert queued.status is JobStatus.PENDING
+    harness.gate("f").set()
+    assert (await finished(manager, record.job_id)).result == {"name": "fast"}
+    assert (await finished(manager, queued.job_id)).status is JobStatus.COMPLETED
+    assert harness.max_running == 1
+
+
+async def test_submit_does_not_jump_the_queue_when_jobs_are_pending(
+    make_manager: Any, harness: Harness
+) -> None:
+    manager = make_manager(concurrency=2)
+    await manager.start()
+    await submit(manager, "blocker", ("gate", "b"))
+    await submit(manager, "blocker2", ("gate", "b"))
+    await wait_for(lambda: len(harness.started) == 2)
+    high = await submit(manager, "high", priority=10)
+    low = await submit(manager, "low")
+    assert high.status is JobStatus.PENDING and low.status is JobStatus.PENDING
+    harness.gate("b").set()
+    await finished(manager, low.job_id)
+    assert harness.started[2:] == ["high", "low"]
+    # once the queue is empty and a worker idles, a new job starts at submit again
+    await wait_for(lambda: manager.running_count == 0)
+    await asyncio.sleep(0.01)
+    assert (await submit(manager, "next")).status is JobStatus.RUNNING
+
+
+async def test_cancel_and_stop_reach_a_job_started_at_submit(
+    store: JobStore, make_manager: Any, harness: Harness
+) -> None:
+    manager = make_manager(concurrency=1)
+    await manager.start()
+    await asyncio.sleep(0.01)
+    record = await submit(manager, "forever", ("forever",))
+    assert record.status is JobStatus.RUNNING
+    # canceled before its worker even picked it up
+    canceled = await manager.cancel(record.job_id, OWNER, "changed my mind")
+    assert canceled.status is JobStatus.CANCELED
+    await wait_for(lambda: "forever" in harness.cancelled, timeout=1.0)
+    await wait_for(lambda: manager.running_count == 0, timeout=1.0)
+
+    await asyncio.sleep(0.01)
+    again = await submit(manager, "again", ("forever",))
+    assert again.status is JobStatus.RUNNING
+    await manager.stop(grace=0.05)
+    requeued = await store.load(again.job_id)
+    assert requeued is not None and requeued.status is JobStatus.PENDING
+    assert requeued.attempts == 0
