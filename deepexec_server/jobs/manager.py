@@ -559,8 +559,6 @@ class JobManager:
         self, job_id: str, owner: str | None, *, max_buffered_output_chars: int | None = None
     ) -> EventStream:
         """Open an event stream for a job; raises :class:`JobNotFound` up front."""
-        if await self._store.get(job_id, owner) is None:
-            raise JobNotFound(job_id)
         stream = EventStream(
             job_id,
             max_buffered_output_chars
@@ -575,11 +573,11 @@ class JobManager:
         try:
             # Read the state only after registering: whatever changes from here on is
             # also delivered to the stream, so nothing falls between snapshot and events.
-            record = await self._store.load(job_id)
+            record = await self._store.get(job_id, owner)
         except BaseException:
             await stream.aclose()
             raise
-        if record is None:  # purged meanwhile
+        if record is None:  # no such job for this owner
             await stream.aclose()
             raise JobNotFound(job_id)
         record = self._overlay(record)
