@@ -124,7 +124,17 @@ def decode_envelope(
     body: bytes, status: int, headers: Mapping[str, str], content_type: str, model: type[T]
 ) -> T:
     """Decode a JSON response envelope into ``model``; raise the error it carries, if any."""
-    request_id = _request_id(headers)
+    return _decode(body, status, headers, content_type, model, _request_id(headers))
+
+
+def _decode(
+    body: bytes,
+    status: int,
+    headers: Mapping[str, str],
+    content_type: str,
+    model: type[T],
+    request_id: str | None,
+) -> T:
     if content_type not in JSON_TYPES:
         raise _unexpected(
             f"unexpected content type {content_type or 'none'!r} (HTTP {status})",
@@ -143,7 +153,9 @@ def decode_envelope(
             http_status=status,
             request_id=request_id,
         )
-    check_version(data.get("protocol_version"), status, request_id)
+    version = data.get("protocol_version")
+    if version != PROTOCOL_VERSION:  # the same version needs no parsing (hot path)
+        check_version(version, status, request_id)
     try:
         envelope: Any = structure(data, model)
     except StructureError as exc:
@@ -154,7 +166,7 @@ def decode_envelope(
             request_id=request_id,
             details={"path": exc.path},
         ) from None
-    if envelope.status.value == "error":
+    if envelope.status == "error":  # a StrEnum member: compared as its value
         if envelope.error is None:
             raise errors.MCPProtocolError(
                 "error response without an error object", http_status=status, request_id=request_id
@@ -188,9 +200,10 @@ def raise_error_answer(
     _raise_for_error(error, status, request_id, headers)
 
 
-def _url(base_url: str, path: str, path_params: Mapping[str, str]) -> str:
-    for key, value in path_params.items():
-        path = path.replace("{" + key + "}", quote(value, safe=""))
+def _url(base_url: str, path: str, path_params: Mapping[str, str] | None) -> str:
+    if path_params:
+        for key, value in path_params.items():
+            path = path.replace("{" + key + "}", quote(value, safe=""))
     return base_url.rstrip("/") + path
 
 
@@ -198,16 +211,21 @@ def _body(body: Any) -> bytes | None:
     return None if body is None else orjson.dumps(unstructure(body))
 
 
+_ACCEPT_JSON = {"Accept": "application/json"}
+_ACCEPT_JSON_WITH_BODY = {"Accept": "application/json", "Content-Type": "application/json"}
+_ACCEPT_SSE = {"Accept": SSE_TYPE}
+_ACCEPT_SSE_WITH_BODY = {"Accept": SSE_TYPE, "Content-Type": "application/json"}
+
+
 def _headers(
     headers: Mapping[str, str] | None, has_body: bool, accept_sse: bool = False
 ) -> dict[str, str]:
     """The request's own headers (the session's default headers are added by aiohttp)."""
-    out = {"Accept": SSE_TYPE if accept_sse else "application/json"}
-    if has_body:
-        out["Content-Type"] = "application/json"
-    if headers:
-        out.update(headers)
-    return out
+    if accept_sse:
+        base = _ACCEPT_SSE_WITH_BODY if has_body else _ACCEPT_SSE
+    else:
+        base = _ACCEPT_JSON_WITH_BODY if has_body else _ACCEPT_JSON
+    return {**base, **headers} if headers else base.copy()
 
 
 def _query(query: Any) -> dict[str, str] | None:
@@ -215,6 +233,81 @@ def _query(query: Any) -> dict[str, str] | None:
         return None
     raw = unstructure(query)
     return {k: str(v) for k, v in raw.items() if v is not None}
+
+
+#: ClientTimeout objects by their total (immutable, so shared by every request)
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+_TIMEOUTS_MAX = 64
+
+
+def _client_timeout(timeout: float | None) -> aiohttp.ClientTimeout | None:
+    """``ClientTimeout(total=timeout)``, made once per distinct value; None stays None (no
+    limit at all, as aiohttp takes ``timeout=None``)."""
+    if timeout is None:
+        return None
+    found = _TIMEOUTS.get(timeout)
+    if found is None:
+        if len(_TIMEOUTS) >= _TIMEOUTS_MAX:
+            _TIMEOUTS.clear()
+        found = _TIMEOUTS[timeout] = aiohttp.ClientTimeout(total=timeout)
+    return found
+
+
+#: Content-Type values whose media type is exactly application/json, as aiohttp's
+#: ``content_type`` would parse them; any other value goes through that parser
+_PLAIN_JSON_TYPES = frozenset(
+    ("application/json", "application/json; charset=utf-8", "application/json;charset=utf-8")
+)
+
+
+async def exchange(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    method: str,
+    path: str,
+    model: type[T],
+    body: Any,
+    query: Any,
+    path_params: Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+    timeout: float | None,
+) -> tuple[T, int, Mapping[str, str], str | None]:
+    """Send one request and decode its response envelope: (envelope, HTTP status, response
+    headers, request id). What every operation's ``asyncio`` awaits: positional arguments and
+    no result object, since it runs on every call."""
+    # _url, _headers, _client_timeout and _content_type inlined: this runs on every call
+    if body is None:
+        payload = None
+        base_headers = _ACCEPT_JSON
+    else:
+        payload = orjson.dumps(unstructure(body))
+        base_headers = _ACCEPT_JSON_WITH_BODY
+    if timeout is None:
+        client_timeout = None
+    else:  # a ClientTimeout is always true
+        client_timeout = _TIMEOUTS.get(timeout) or _client_timeout(timeout)
+    try:
+        async with session.request(
+            method,
+            _url(base_url, path, path_params) if path_params else base_url.rstrip("/") + path,
+            data=payload,
+            params=None if query is None else _query(query),
+            headers={**base_headers, **headers} if headers else base_headers.copy(),
+            timeout=client_timeout,
+        ) as resp:
+            raw = await resp.read()
+            status, resp_headers = resp.status, resp.headers
+            ctype = resp_headers.get("Content-Type")
+            ctype = "application/json" if ctype in _PLAIN_JSON_TYPES else resp.content_type
+    except TimeoutError as exc:
+        raise errors.MCPTimeoutError(
+            f"no response within {timeout} s", timeout=timeout
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise errors.MCPConnectionError(f"{type(exc).__name__}: {exc}") from exc
+    request_id = resp_headers.get("X-Request-ID")
+    envelope = _decode(raw, status, resp_headers, ctype, model, request_id)
+    return envelope, status, resp_headers, request_id
 
 
 async def send(
@@ -231,26 +324,10 @@ async def send(
     timeout: float | None = None,
 ) -> Response[T]:
     """Send one request and decode its response envelope."""
-    payload = _body(body)
-    try:
-        async with session.request(
-            method,
-            _url(base_url, path, path_params or {}),
-            data=payload,
-            params=_query(query),
-            headers=_headers(headers, payload is not None),
-            timeout=aiohttp.ClientTimeout(total=timeout) if timeout is not None else None,
-        ) as resp:
-            raw = await resp.read()
-            status, resp_headers, ctype = resp.status, resp.headers, resp.content_type
-    except TimeoutError as exc:
-        raise errors.MCPTimeoutError(
-            f"no response within {timeout} s", timeout=timeout
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise errors.MCPConnectionError(f"{type(exc).__name__}: {exc}") from exc
-    parsed = decode_envelope(raw, status, resp_headers, ctype, model)
-    return Response(status, resp_headers, _request_id(resp_headers), parsed)
+    parsed, status, resp_headers, request_id = await exchange(
+        session, base_url, method, path, model, body, query, path_params, headers, timeout
+    )
+    return Response(status, resp_headers, request_id, parsed)
 
 
 _DRAIN_SECONDS = 0.05
@@ -294,7 +371,7 @@ async def stream(
     try:
         async with session.request(
             method,
-            _url(base_url, path, path_params or {}),
+            _url(base_url, path, path_params),
             data=payload,
             headers=_headers(headers, payload is not None, accept_sse=True),
             timeout=client_timeout,

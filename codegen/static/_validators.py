@@ -59,6 +59,36 @@ def compile_pattern(regex: str) -> Callable[[str], re.Match[str] | None]:
     return re.compile(_ecma_to_python(regex)).search
 
 
+#: how many matching values a remembering search keeps, and how long they may be
+SEEN_MAX = 256
+SEEN_MAX_LEN = 64
+
+
+def remembering_search(
+    regex: str,
+) -> tuple[Callable[[str], re.Match[str] | None], Collection[str]]:
+    """``compile_pattern(regex)``, plus the set of values it has found a match in.
+
+    The converter's hooks test ``v.__class__ is str and v in seen`` before searching: values
+    that recur on every message (``protocol_version``, ``language``) then cost a set lookup,
+    not a regex search, with the same answer (whether a string matches depends on the string
+    alone). Only exact ``str`` values up to SEEN_MAX_LEN characters are kept (a subclass
+    could compare equal to a remembered value without being one), at most SEEN_MAX of them.
+    """
+    search = compile_pattern(regex)
+    seen: set[str] = set()
+
+    def remembering(value: str) -> re.Match[str] | None:
+        match = search(value)
+        if match is not None and value.__class__ is str and len(value) <= SEEN_MAX_LEN:
+            if len(seen) >= SEEN_MAX:
+                seen.clear()
+            seen.add(value)
+        return match
+
+    return remembering, seen
+
+
 def min_len(n: int) -> Validator:
     def check(_inst: Any, attr: Any, value: Any) -> None:
         if value is not None and len(value) < n:

@@ -502,15 +502,15 @@ _E_ResponseStatus: dict[str, m.ResponseStatus] = {
 
 _C0 = _v.max_len(500)
 _C1 = _v.pattern("^[0-9]{4}\\.[0-9]{1,3}$")
-_C1_search = _v.compile_pattern("^[0-9]{4}\\.[0-9]{1,3}$")
+_C1_search, _C1_seen = _v.remembering_search("^[0-9]{4}\\.[0-9]{1,3}$")
 _C2 = _v.pattern("^sess_[0-9a-f]{32}$")
-_C2_search = _v.compile_pattern("^sess_[0-9a-f]{32}$")
+_C2_search, _C2_seen = _v.remembering_search("^sess_[0-9a-f]{32}$")
 _C3 = _v.max_items(32)
 _C4 = _v.values_max_len(1024)
 _C5 = _v.min_len(1)
 _C6 = _v.max_len(100000)
 _C7 = _v.pattern("^[a-z][a-z0-9_+-]{0,31}$")
-_C7_search = _v.compile_pattern("^[a-z][a-z0-9_+-]{0,31}$")
+_C7_search, _C7_seen = _v.remembering_search("^[a-z][a-z0-9_+-]{0,31}$")
 _C8 = _v.max_len(1048576)
 _C9 = _v.max_items(64)
 _C10 = _v.keys_match("^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -524,13 +524,13 @@ _C17 = _v.ge(1)
 _C18 = _v.le(86400)
 _C19 = _v.max_len(4096)
 _C20 = _v.pattern("^job_[0-9a-f]{32}$")
-_C20_search = _v.compile_pattern("^job_[0-9a-f]{32}$")
+_C20_search, _C20_seen = _v.remembering_search("^job_[0-9a-f]{32}$")
 _C21 = _v.date_time
 _C22 = _v.le(100)
 _C23 = _v.each(_v.pattern("^[A-Za-z0-9_.:-]{1,64}$"))
 _C23_search = _v.compile_pattern("^[A-Za-z0-9_.:-]{1,64}$")
 _C24 = _v.pattern("^[A-Za-z0-9_.:-]{1,64}$")
-_C24_search = _v.compile_pattern("^[A-Za-z0-9_.:-]{1,64}$")
+_C24_search, _C24_seen = _v.remembering_search("^[A-Za-z0-9_.:-]{1,64}$")
 _C25 = _v.max_len(512)
 _C26 = _v.max_len(128)
 _C27 = _v.ge(-100)
@@ -538,7 +538,7 @@ _C28 = _v.max_items(16)
 _C29 = _v.unique_items
 _C30 = _v.max_len(200000)
 _C31 = _v.pattern("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-_C31_search = _v.compile_pattern("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_C31_search, _C31_seen = _v.remembering_search("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _C32 = _v.le(32768)
 _C33 = _v.le(2)
 _C34 = _v.le(1)
@@ -984,7 +984,7 @@ def _s_CancelJobRequest(d: Any, _: Any = None) -> m.CancelJobRequest:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CancelJobRequest__protocol_version, v)
     _set_CancelJobRequest__protocol_version(o, v)
     v = d.get("type", "cancel_job")
@@ -998,7 +998,7 @@ def _s_CancelJobRequest(d: Any, _: Any = None) -> m.CancelJobRequest:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CancelJobRequest__session_id, v)
     _set_CancelJobRequest__session_id(o, v)
     v = d.get("metadata")
@@ -1041,7 +1041,7 @@ def _s_CancelJobResponse(d: Any, _: Any = None) -> m.CancelJobResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CancelJobResponse__protocol_version, v)
     _set_CancelJobResponse__protocol_version(o, v)
     v = d.get("type", "cancel_job_response")
@@ -1058,7 +1058,7 @@ def _s_CancelJobResponse(d: Any, _: Any = None) -> m.CancelJobResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CancelJobResponse__session_id, v)
     _set_CancelJobResponse__session_id(o, v)
     v = d.get("output")
@@ -1115,7 +1115,7 @@ def _s_CloseSessionResponse(d: Any, _: Any = None) -> m.CloseSessionResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CloseSessionResponse__protocol_version, v)
     _set_CloseSessionResponse__protocol_version(o, v)
     v = d.get("type", "close_session_response")
@@ -1132,7 +1132,7 @@ def _s_CloseSessionResponse(d: Any, _: Any = None) -> m.CloseSessionResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CloseSessionResponse__session_id, v)
     _set_CloseSessionResponse__session_id(o, v)
     v = d.get("output")
@@ -1199,7 +1199,7 @@ def _s_CodeExecutionInput(d: Any, _: Any = None) -> m.CodeExecutionInput:
     v = d["language"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C7_search(v) is None:
+    if (v.__class__ is not str or v not in _C7_seen) and _C7_search(v) is None:
         raise _violation(_C7, o, _A_CodeExecutionInput__language, v)
     _set_CodeExecutionInput__language(o, v)
     v = d.get("stdin")
@@ -1277,7 +1277,7 @@ def _s_CodeExecutionRequest(d: Any, _: Any = None) -> m.CodeExecutionRequest:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CodeExecutionRequest__protocol_version, v)
     _set_CodeExecutionRequest__protocol_version(o, v)
     v = d.get("type", "code_execution")
@@ -1291,7 +1291,7 @@ def _s_CodeExecutionRequest(d: Any, _: Any = None) -> m.CodeExecutionRequest:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CodeExecutionRequest__session_id, v)
     _set_CodeExecutionRequest__session_id(o, v)
     v = d.get("metadata")
@@ -1334,7 +1334,7 @@ def _s_CodeExecutionResponse(d: Any, _: Any = None) -> m.CodeExecutionResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CodeExecutionResponse__protocol_version, v)
     _set_CodeExecutionResponse__protocol_version(o, v)
     v = d.get("type", "code_execution_response")
@@ -1351,7 +1351,7 @@ def _s_CodeExecutionResponse(d: Any, _: Any = None) -> m.CodeExecutionResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CodeExecutionResponse__session_id, v)
     _set_CodeExecutionResponse__session_id(o, v)
     v = d.get("output")
@@ -1454,7 +1454,7 @@ def _s_CodeExecutionResult(d: Any, _: Any = None) -> m.CodeExecutionResult:
     v = d["language"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C7_search(v) is None:
+    if (v.__class__ is not str or v not in _C7_seen) and _C7_search(v) is None:
         raise _violation(_C7, o, _A_CodeExecutionResult__language, v)
     _set_CodeExecutionResult__language(o, v)
     v = d.get("signal")
@@ -1522,7 +1522,7 @@ def _s_CreateSessionRequest(d: Any, _: Any = None) -> m.CreateSessionRequest:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CreateSessionRequest__protocol_version, v)
     _set_CreateSessionRequest__protocol_version(o, v)
     v = d.get("type", "create_session")
@@ -1536,7 +1536,7 @@ def _s_CreateSessionRequest(d: Any, _: Any = None) -> m.CreateSessionRequest:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CreateSessionRequest__session_id, v)
     _set_CreateSessionRequest__session_id(o, v)
     v = d.get("metadata")
@@ -1579,7 +1579,7 @@ def _s_CreateSessionResponse(d: Any, _: Any = None) -> m.CreateSessionResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_CreateSessionResponse__protocol_version, v)
     _set_CreateSessionResponse__protocol_version(o, v)
     v = d.get("type", "create_session_response")
@@ -1596,7 +1596,7 @@ def _s_CreateSessionResponse(d: Any, _: Any = None) -> m.CreateSessionResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_CreateSessionResponse__session_id, v)
     _set_CreateSessionResponse__session_id(o, v)
     v = d.get("output")
@@ -1698,7 +1698,7 @@ def _s_HealthInfo(d: Any, _: Any = None) -> m.HealthInfo:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_HealthInfo__protocol_version, v)
     _set_HealthInfo__protocol_version(o, v)
     v = d["uptime"]
@@ -1753,7 +1753,7 @@ def _s_HealthResponse(d: Any, _: Any = None) -> m.HealthResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_HealthResponse__protocol_version, v)
     _set_HealthResponse__protocol_version(o, v)
     v = d.get("type", "health_response")
@@ -1770,7 +1770,7 @@ def _s_HealthResponse(d: Any, _: Any = None) -> m.HealthResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_HealthResponse__session_id, v)
     _set_HealthResponse__session_id(o, v)
     v = d.get("output")
@@ -1827,7 +1827,7 @@ def _s_JobCanceled(d: Any, _: Any = None) -> m.JobCanceled:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobCanceled__job_id, v)
     _set_JobCanceled__job_id(o, v)
     v = d["status"]
@@ -1901,7 +1901,7 @@ def _s_JobOutputEvent(d: Any, _: Any = None) -> m.JobOutputEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobOutputEvent__job_id, v)
     _set_JobOutputEvent__job_id(o, v)
     v = d["stream"]
@@ -1944,7 +1944,7 @@ def _s_JobProgressEvent(d: Any, _: Any = None) -> m.JobProgressEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobProgressEvent__job_id, v)
     _set_JobProgressEvent__job_id(o, v)
     v = d["progress"]
@@ -1984,7 +1984,7 @@ def _s_JobResultEvent(d: Any, _: Any = None) -> m.JobResultEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobResultEvent__job_id, v)
     _set_JobResultEvent__job_id(o, v)
     v = d["job"]
@@ -2015,7 +2015,7 @@ def _s_JobStatus(d: Any, _: Any = None) -> m.JobStatus:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobStatus__job_id, v)
     _set_JobStatus__job_id(o, v)
     v = d["name"]
@@ -2093,7 +2093,7 @@ def _s_JobStatus(d: Any, _: Any = None) -> m.JobStatus:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_JobStatus__session_id, v)
     _set_JobStatus__session_id(o, v)
     return o
@@ -2145,7 +2145,7 @@ def _s_JobStatusEvent(d: Any, _: Any = None) -> m.JobStatusEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobStatusEvent__job_id, v)
     _set_JobStatusEvent__job_id(o, v)
     v = d["status"]
@@ -2188,7 +2188,7 @@ def _s_JobStatusResponse(d: Any, _: Any = None) -> m.JobStatusResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_JobStatusResponse__protocol_version, v)
     _set_JobStatusResponse__protocol_version(o, v)
     v = d.get("type", "job_status_response")
@@ -2205,7 +2205,7 @@ def _s_JobStatusResponse(d: Any, _: Any = None) -> m.JobStatusResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_JobStatusResponse__session_id, v)
     _set_JobStatusResponse__session_id(o, v)
     v = d.get("output")
@@ -2262,7 +2262,7 @@ def _s_JobSubmitted(d: Any, _: Any = None) -> m.JobSubmitted:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C20_search(v) is None:
+    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
         raise _violation(_C20, o, _A_JobSubmitted__job_id, v)
     _set_JobSubmitted__job_id(o, v)
     v = d["status"]
@@ -2295,7 +2295,7 @@ def _s_LanguageInfo(d: Any, _: Any = None) -> m.LanguageInfo:
     v = d["id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C7_search(v) is None:
+    if (v.__class__ is not str or v not in _C7_seen) and _C7_search(v) is None:
         raise _violation(_C7, o, _A_LanguageInfo__id, v)
     _set_LanguageInfo__id(o, v)
     v = d["name"]
@@ -2359,7 +2359,7 @@ def _s_ListJobsQuery(d: Any, _: Any = None) -> m.ListJobsQuery:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C24_search(v) is None:
+        if (v.__class__ is not str or v not in _C24_seen) and _C24_search(v) is None:
             raise _violation(_C24, o, _A_ListJobsQuery__tag, v)
     _set_ListJobsQuery__tag(o, v)
     if "limit" in d:
@@ -2406,7 +2406,7 @@ def _s_ListJobsResponse(d: Any, _: Any = None) -> m.ListJobsResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_ListJobsResponse__protocol_version, v)
     _set_ListJobsResponse__protocol_version(o, v)
     v = d.get("type", "list_jobs_response")
@@ -2423,7 +2423,7 @@ def _s_ListJobsResponse(d: Any, _: Any = None) -> m.ListJobsResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_ListJobsResponse__session_id, v)
     _set_ListJobsResponse__session_id(o, v)
     v = d.get("output")
@@ -2480,7 +2480,7 @@ def _s_ListLanguagesResponse(d: Any, _: Any = None) -> m.ListLanguagesResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_ListLanguagesResponse__protocol_version, v)
     _set_ListLanguagesResponse__protocol_version(o, v)
     v = d.get("type", "list_languages_response")
@@ -2497,7 +2497,7 @@ def _s_ListLanguagesResponse(d: Any, _: Any = None) -> m.ListLanguagesResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_ListLanguagesResponse__session_id, v)
     _set_ListLanguagesResponse__session_id(o, v)
     v = d.get("output")
@@ -2554,7 +2554,7 @@ def _s_SessionClosed(d: Any, _: Any = None) -> m.SessionClosed:
     v = d["session_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C2_search(v) is None:
+    if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
         raise _violation(_C2, o, _A_SessionClosed__session_id, v)
     _set_SessionClosed__session_id(o, v)
     v = d["closed_at"]
@@ -2580,7 +2580,7 @@ def _s_SessionInfo(d: Any, _: Any = None) -> m.SessionInfo:
     v = d["session_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C2_search(v) is None:
+    if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
         raise _violation(_C2, o, _A_SessionInfo__session_id, v)
     _set_SessionInfo__session_id(o, v)
     v = d["created_at"]
@@ -2716,7 +2716,7 @@ def _s_SubmitJobRequest(d: Any, _: Any = None) -> m.SubmitJobRequest:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_SubmitJobRequest__protocol_version, v)
     _set_SubmitJobRequest__protocol_version(o, v)
     v = d.get("type", "submit_job")
@@ -2730,7 +2730,7 @@ def _s_SubmitJobRequest(d: Any, _: Any = None) -> m.SubmitJobRequest:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_SubmitJobRequest__session_id, v)
     _set_SubmitJobRequest__session_id(o, v)
     v = d.get("metadata")
@@ -2773,7 +2773,7 @@ def _s_SubmitJobResponse(d: Any, _: Any = None) -> m.SubmitJobResponse:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_SubmitJobResponse__protocol_version, v)
     _set_SubmitJobResponse__protocol_version(o, v)
     v = d.get("type", "submit_job_response")
@@ -2790,7 +2790,7 @@ def _s_SubmitJobResponse(d: Any, _: Any = None) -> m.SubmitJobResponse:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_SubmitJobResponse__session_id, v)
     _set_SubmitJobResponse__session_id(o, v)
     v = d.get("output")
@@ -2912,7 +2912,7 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
             raise _type_error("a string", v)
     else:
         v = "deepseek-v3"
-    if _C31_search(v) is None:
+    if (v.__class__ is not str or v not in _C31_seen) and _C31_search(v) is None:
         raise _violation(_C31, o, _A_TextGenerationInput__model, v)
     _set_TextGenerationInput__model(o, v)
     if "max_tokens" in d:
@@ -3001,7 +3001,7 @@ def _s_TextGenerationRequest(d: Any, _: Any = None) -> m.TextGenerationRequest:
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_TextGenerationRequest__protocol_version, v)
     _set_TextGenerationRequest__protocol_version(o, v)
     v = d.get("type", "text_generation")
@@ -3015,7 +3015,7 @@ def _s_TextGenerationRequest(d: Any, _: Any = None) -> m.TextGenerationRequest:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_TextGenerationRequest__session_id, v)
     _set_TextGenerationRequest__session_id(o, v)
     v = d.get("metadata")
@@ -3058,7 +3058,7 @@ def _s_TextGenerationResponse(d: Any, _: Any = None) -> m.TextGenerationResponse
     v = d["protocol_version"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if _C1_search(v) is None:
+    if (v.__class__ is not str or v not in _C1_seen) and _C1_search(v) is None:
         raise _violation(_C1, o, _A_TextGenerationResponse__protocol_version, v)
     _set_TextGenerationResponse__protocol_version(o, v)
     v = d.get("type", "text_generation_response")
@@ -3075,7 +3075,7 @@ def _s_TextGenerationResponse(d: Any, _: Any = None) -> m.TextGenerationResponse
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if _C2_search(v) is None:
+        if (v.__class__ is not str or v not in _C2_seen) and _C2_search(v) is None:
             raise _violation(_C2, o, _A_TextGenerationResponse__session_id, v)
     _set_TextGenerationResponse__session_id(o, v)
     v = d.get("output")

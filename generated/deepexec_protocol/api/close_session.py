@@ -76,13 +76,21 @@ async def asyncio(
     Returns the output of a successful answer.
     Raises an MCPError subclass for an error answer, a malformed answer or a transport failure.
     """
-    response = await _http.send(
-        session,
-        base_url,
-        model=CloseSessionResponse,
-        timeout=timeout,
-        **_get_kwargs(session_id=session_id, headers=headers),
-    )
-    output = response.parsed.output
+    # _http.exchange with positional arguments: the hot path of every call
+    envelope = (
+        await _http.exchange(
+            session,
+            base_url,
+            "DELETE",
+            "/v1/sessions/{session_id}",
+            CloseSessionResponse,
+            None,
+            None,
+            {"session_id": session_id},
+            headers,
+            timeout,
+        )
+    )[0]
+    output = envelope.output
     assert output is not None  # decode_envelope guarantees an output on success
     return output

@@ -76,13 +76,21 @@ async def asyncio(
     Returns the output of a successful answer.
     Raises an MCPError subclass for an error answer, a malformed answer or a transport failure.
     """
-    response = await _http.send(
-        session,
-        base_url,
-        model=SubmitJobResponse,
-        timeout=timeout,
-        **_get_kwargs(body=body, headers=headers),
-    )
-    output = response.parsed.output
+    # _http.exchange with positional arguments: the hot path of every call
+    envelope = (
+        await _http.exchange(
+            session,
+            base_url,
+            "POST",
+            "/v1/jobs",
+            SubmitJobResponse,
+            body,
+            None,
+            None,
+            headers,
+            timeout,
+        )
+    )[0]
+    output = envelope.output
     assert output is not None  # decode_envelope guarantees an output on success
     return output
