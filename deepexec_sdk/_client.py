@@ -52,11 +52,15 @@ _STREAM_IDLE_LIMIT = 45.0
 _POLL_START, _POLL_MAX = 0.05, 1.0
 
 
+#: the variant nibble of a UUID4 (binary 10xx) for each random hex digit: keeps 2 random bits
+_UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 def _new_idempotency_key() -> str:
-    """A random UUID4 string, as ``_retry.new_idempotency_key`` makes, at half the cost
-    (it is made on every POST)."""
+    """A random UUID4 string, as ``_retry.new_idempotency_key`` makes, at a fifth of the
+    cost (it is made on every POST): 122 random bits, version 4, RFC 4122 variant."""
     h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
@@ -69,12 +73,16 @@ def _validated(data: dict[str, Any], model: type[T], prefix: str = "") -> T:
     try:
         return structure(data, model)
     except StructureError as exc:
-        path = prefix + exc.path if exc.path else prefix.rstrip(".")
-        raise MCPValidationError(
-            f"invalid request: {path}: {exc.reason}" if path else f"invalid request: {exc}",
-            code="validation_error",
-            details={"path": path, "reason": exc.reason},
-        ) from None
+        raise _validation_error(exc, prefix) from None
+
+
+def _validation_error(exc: StructureError, prefix: str) -> MCPValidationError:
+    path = prefix + exc.path if exc.path else prefix.rstrip(".")
+    return MCPValidationError(
+        f"invalid request: {path}: {exc.reason}" if path else f"invalid request: {exc}",
+        code="validation_error",
+        details={"path": path, "reason": exc.reason},
+    )
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -244,53 +252,77 @@ class DeepExecAsyncClient:
     ) -> T:
         """Call generated operation ``name`` with retries; one idempotency key for all.
 
-        The first attempt runs directly: the retry machinery (tenacity) is entered only
-        once an attempt has failed with a retryable error, so a call that succeeds pays
-        nothing for it.
+        The first attempt runs directly: the retry machinery (tenacity) and the timing log
+        are entered only once an attempt has failed with a retryable error, or when DEBUG
+        logging is on, so a call that succeeds pays nothing for them.
         """
         op = OPERATIONS[name]
         headers = {"Idempotency-Key": _new_idempotency_key()} if op.method == "POST" else None
         session = self._http()
-        endpoint = self._config.endpoint
         limit = self._config.timeout if timeout is None else timeout
-
-        async def attempt(number: int) -> T:
-            if not logger.isEnabledFor(logging.DEBUG):
-                return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
-            started = time.perf_counter()
-            try:
-                return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
-            finally:
-                logger.debug(
-                    "%s %s%s attempt %d took %.1f ms",
-                    op.method,
-                    endpoint,
-                    op.path,
-                    number + 1,
-                    (time.perf_counter() - started) * 1000,
-                )
-
-        retryable = self._retry_checks[name]
         try:
-            # the first attempt without the wrapper's extra coroutine level (hot path)
-            return await (
-                fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
-                if not logger.isEnabledFor(logging.DEBUG)
-                else attempt(0)
+            if logger.isEnabledFor(logging.DEBUG):
+                return await self._attempt(op, fn, session, headers, limit, kwargs, 0)
+            # hot path: no closure, no extra coroutine level
+            return await fn(
+                session, self._config.endpoint, headers=headers, timeout=limit, **kwargs
             )
         except MCPError as exc:
-            if self._policy.max_retries == 0 or not retryable(exc):
+            if self._policy.max_retries == 0 or not self._retry_checks[name](exc):
                 self._scrub(exc)
                 raise
             first_failure = exc
+        return await self._retry(op, fn, session, headers, limit, kwargs, first_failure)
+
+    async def _attempt(
+        self,
+        op: Operation,
+        fn: Callable[..., Awaitable[T]],
+        session: aiohttp.ClientSession,
+        headers: dict[str, str] | None,
+        limit: float,
+        kwargs: dict[str, Any],
+        number: int,
+    ) -> T:
+        """Attempt ``number`` (0-based) of a call, timed in the DEBUG log."""
+        endpoint = self._config.endpoint
+        if not logger.isEnabledFor(logging.DEBUG):
+            return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
+        started = time.perf_counter()
+        try:
+            return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)
+        finally:
+            logger.debug(
+                "%s %s%s attempt %d took %.1f ms",
+                op.method,
+                endpoint,
+                op.path,
+                number + 1,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _retry(
+        self,
+        op: Operation,
+        fn: Callable[..., Awaitable[T]],
+        session: aiohttp.ClientSession,
+        headers: dict[str, str] | None,
+        limit: float,
+        kwargs: dict[str, Any],
+        first_failure: MCPError,
+    ) -> T:
+        """The retries of a call whose first attempt failed with a retryable error (the
+        same Idempotency-Key on every attempt)."""
 
         async def again(number: int) -> T:
             if number == 0:
                 raise first_failure  # already happened: let the policy decide the wait
-            return await attempt(number)
+            return await self._attempt(op, fn, session, headers, limit, kwargs, number)
 
         try:
-            return await call_with_retries(self._policy, again, is_retryable=retryable)
+            return await call_with_retries(
+                self._policy, again, is_retryable=self._retry_checks[op.name]
+            )
         except MCPError as exc:
             self._scrub(exc)
             raise
@@ -390,14 +422,17 @@ class DeepExecAsyncClient:
         stdin: str | None,
         memory_limit: int | None,
     ) -> dict[str, Any]:
-        return {
-            "code": code,
-            "language": language,
-            "environment": dict(environment) if environment is not None else None,
-            "timeout": timeout,
-            "stdin": stdin,
-            "memory_limit": memory_limit,
-        }
+        # only the fields given: the request leaves out what is None
+        data: dict[str, Any] = {"code": code, "language": language}
+        if environment is not None:
+            data["environment"] = dict(environment)
+        if timeout is not None:
+            data["timeout"] = timeout
+        if stdin is not None:
+            data["stdin"] = stdin
+        if memory_limit is not None:
+            data["memory_limit"] = memory_limit
+        return data
 
     def _http_timeout(self, work_timeout: float | None) -> float:
         if work_timeout is None:
@@ -461,14 +496,19 @@ class DeepExecAsyncClient:
             async for _ in stream:
                 pass
             return _check_execution(stream.result, check, timeout)
-        body = _validated(
-            self._envelope(
-                "code_execution",
-                self._code_input(code, language, environment, timeout, stdin, memory_limit),
-                session_id,
-            ),
-            m.CodeExecutionRequest,
-        )
+        # the hot path: the envelope built as _envelope would (no None left), validated as
+        # _validated does
+        data: dict[str, Any] = {
+            "protocol_version": PROTOCOL_VERSION,
+            "type": "code_execution",
+            "input": self._code_input(code, language, environment, timeout, stdin, memory_limit),
+        }
+        if session_id is not None:
+            data["session_id"] = session_id
+        try:
+            body = structure(data, m.CodeExecutionRequest)
+        except StructureError as exc:
+            raise _validation_error(exc, "") from None
         result = await self._call(
             "code_execution",
             ops.code_execution.asyncio,
