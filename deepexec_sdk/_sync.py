@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import selectors
+import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -22,40 +24,187 @@ T = TypeVar("T")
 _DEFAULT_NAME: Final = "deepexec-loop"
 
 
-class _Call:
-    """One coroutine submitted to the loop; every method except ``result`` runs on it."""
+class _WakingSelector(selectors.DefaultSelector):
+    """The private loop's selector. It wakes the callers whose coroutines have ended just
+    before the loop waits for I/O, not when their coroutines end.
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], stopping: threading.Event) -> None:
-        self.coro = coro
+    A caller woken while the loop thread still runs Python code (finishing the task, the
+    rest of the loop iteration) wakes only to wait for the GIL: one more sleep and wake-up
+    per call. Woken as the loop thread enters ``select``, which releases the GIL, it runs at
+    once. Every loop iteration calls ``select``, so a wake-up is put off by one iteration at
+    most.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._to_release: list[threading.Lock] = []
+
+    def release_later(self, lock: threading.Lock) -> None:
+        self._to_release.append(lock)
+
+    def flush(self) -> None:
+        to_release, self._to_release = self._to_release, []
+        for lock in to_release:
+            lock.release()
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        if self._to_release:
+            self.flush()
+        events: list[tuple[Any, int]] = super().select(timeout)
+        return events
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+def _release_now(lock: threading.Lock) -> None:
+    lock.release()
+
+
+class _Hub:
+    """What the calls of one loop share; touched on the loop thread only, except
+    ``stopping``."""
+
+    __slots__ = ("inflight", "release", "selector", "stopping")
+
+    def __init__(self, stopping: threading.Event, selector: _WakingSelector | None) -> None:
         self.stopping = stopping
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.selector = selector
+        #: how a settled call wakes its caller: at the loop's next select, or at once
+        self.release: Callable[[threading.Lock], None] = (
+            selector.release_later if selector is not None else _release_now
+        )
+        #: calls started and not settled yet
+        self.inflight: set[_Call] = set()
+
+    def abandon_all(self) -> None:
+        """Settle every call still in flight (the loop is shutting down) and wake every
+        caller."""
+        for call in list(self.inflight):
+            call.abandon()
+        if self.selector is not None:
+            self.selector.flush()
+
+
+def _new_loop(stopping: threading.Event) -> tuple[asyncio.AbstractEventLoop, _Hub]:
+    """The private loop: asyncio's selector loop with a _WakingSelector, whatever loop
+    policy the application installed (the loop is private); on Windows asyncio's default
+    (proactor) loop, which wakes callers as their coroutines end."""
+    if sys.platform == "win32":
+        return asyncio.new_event_loop(), _Hub(stopping, None)
+    selector = _WakingSelector()
+    return asyncio.SelectorEventLoop(selector), _Hub(stopping, selector)
+
+
+class _Call:
+    """One coroutine submitted to the loop; every method except ``wait`` and ``outcome``
+    runs on it.
+
+    The hand-off is a single pre-acquired lock, released by the loop thread once the
+    outcome is stored (see _WakingSelector for when exactly); the calling thread blocks on
+    acquiring it. A ``concurrent.futures.Future`` takes a Condition and its waiter locks,
+    and is completed from a done callback the loop runs one iteration after the coroutine
+    ended.
+    """
+
+    __slots__ = (
+        "cancel_requested",
+        "cancelled",
+        "coro",
+        "error",
+        "finished",
+        "hub",
+        "settled",
+        "started",
+        "task",
+        "value",
+    )
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], hub: _Hub) -> None:
+        self.coro = coro
+        self.hub = hub
+        self.finished = threading.Lock()
+        self.finished.acquire()  # released by the loop thread once the outcome is set
         self.task: asyncio.Task[Any] | None = None
+        self.started = False  # _run has begun
         self.cancel_requested = False
+        self.settled = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.cancelled = False
 
     def start(self) -> None:
-        if self.cancel_requested or self.stopping.is_set():
-            self.coro.close()  # never started: close it, or Python warns "never awaited"
-            self.future.cancel()
-            self.future.set_running_or_notify_cancel()
+        if self.cancel_requested or self.hub.stopping.is_set():
+            self.abandon()
             return
-        self.task = asyncio.get_running_loop().create_task(self.coro)
-        self.task.add_done_callback(self._copy_result)
+        self.hub.inflight.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._run())
 
-    def _copy_result(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            # cancel() alone does not wake concurrent.futures.wait(); this does.
-            self.future.cancel()
-            self.future.set_running_or_notify_cancel()
-        elif (exc := task.exception()) is not None:
-            self.future.set_exception(exc)
-        else:
-            self.future.set_result(task.result())
+    async def _run(self) -> None:
+        # The outcome is stored the moment the coroutine ends, not in a done callback the
+        # loop would run one iteration later.
+        self.started = True
+        if self.cancel_requested:  # cancel() came between start() and this first step
+            self.abandon()
+            return
+        try:
+            self.value = await self.coro
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        except BaseException as exc:
+            self.error = exc
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the loop's business too, as before
+        finally:
+            self._settle()
+
+    def abandon(self) -> None:
+        """Settle as cancelled a call whose coroutine never started (or, at the loop's
+        shutdown, never got to run _run)."""
+        if self.settled:
+            return
+        self.coro.close()  # never started: close it, or Python warns "never awaited"
+        self.cancelled = True
+        self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
+        self.hub.inflight.discard(self)
+        self.hub.release(self.finished)
 
     def cancel(self) -> None:
-        if self.task is None:
-            self.cancel_requested = True  # start() has not run yet
-        else:
+        if self.task is None or not self.started:
+            # start() has not run, or its task has not taken its first step: a
+            # task.cancel() now would skip _run altogether and leave the caller waiting
+            self.cancel_requested = True
+        elif not self.settled:
             self.task.cancel()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the outcome is set (True) or ``timeout`` seconds pass (False); as
+        ``concurrent.futures.Future.result`` waits: None waits for ever, 0 or less does
+        not wait."""
+        if timeout is None:
+            return self.finished.acquire()
+        if timeout > 0:
+            return self.finished.acquire(True, timeout)
+        return self.finished.acquire(False)
+
+    def outcome(self) -> Any:
+        """The coroutine's result; or raise its exception, or CancelledError (the
+        ``concurrent.futures`` one) when it was cancelled."""
+        if self.cancelled:
+            raise concurrent.futures.CancelledError()
+        error = self.error
+        if error is not None:
+            self.error = None  # no reference cycle through the traceback
+            try:
+                raise error
+            finally:
+                error = None
+        return self.value
 
 
 def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
@@ -76,22 +225,23 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
             )
 
 
-def _run_loop(
-    loop: asyncio.AbstractEventLoop, started: threading.Event, stopping: threading.Event
-) -> None:
+def _run_loop(loop: asyncio.AbstractEventLoop, started: threading.Event, hub: _Hub) -> None:
     asyncio.set_event_loop(loop)
     loop.call_soon(started.set)
     try:
         loop.run_forever()
     finally:
-        stopping.set()
+        hub.stopping.set()
         try:
             _cancel_all_tasks(loop)
+            # a task cancelled before its first step never ran _run: wake its caller here
+            hub.abandon_all()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+            hub.abandon_all()
 
 
 def _stop_loop(
@@ -126,6 +276,7 @@ class LoopThread:
         self._cancel_grace = cancel_grace
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._hub: _Hub | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -150,14 +301,14 @@ class LoopThread:
 
     def _start_locked(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
-            loop = asyncio.new_event_loop()
+            loop, hub = _new_loop(self._stopping)
             started = threading.Event()
             thread = threading.Thread(
-                target=_run_loop, args=(loop, started, self._stopping), name=self._name, daemon=True
+                target=_run_loop, args=(loop, started, hub), name=self._name, daemon=True
             )
             thread.start()
             started.wait()
-            self._loop, self._thread = loop, thread
+            self._loop, self._thread, self._hub = loop, thread, hub
             # Neither the thread nor the finalizer refers to self, so an unreferenced
             # LoopThread is collected, and its loop stopped, like any other object.
             self._finalizer = weakref.finalize(self, _stop_loop, loop, thread)
@@ -174,7 +325,8 @@ class LoopThread:
                 coro.close()
                 raise RuntimeError("LoopThread is closed")
             loop = self._start_locked()
-            call = _Call(coro, self._stopping)
+            assert self._hub is not None
+            call = _Call(coro, self._hub)
             # Submitted under the lock: close() cannot slip in between, so this start()
             # is queued before the loop's stop and always runs.
             loop.call_soon_threadsafe(call.start)
@@ -192,16 +344,20 @@ class LoopThread:
         is raised.
         """
         loop, call = self._submit(coro)
+        finished = False
         try:
-            result: T = call.future.result(timeout)
+            finished = call.wait(timeout)
+            if not finished:
+                raise TimeoutError()
         except BaseException:
-            if not call.future.done():
+            if not finished:
                 try:
                     loop.call_soon_threadsafe(call.cancel)
                 except RuntimeError:  # the loop closed meanwhile, cancelling everything
                     pass
-                concurrent.futures.wait([call.future], timeout=self._cancel_grace)
+                call.wait(self._cancel_grace)
             raise
+        result: T = call.outcome()
         return result
 
     def iterate(self, factory: Callable[[], AsyncIterator[T]]) -> Iterator[T]:

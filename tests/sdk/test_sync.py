@@ -391,3 +391,104 @@ def test_no_unclosed_warnings_with_real_aiohttp_session(name: str) -> None:
         del session
         gc.collect()
     assert loop_threads(name) == []
+
+
+# --------------------------------------------------------------------------- hand-off
+
+
+def test_caller_is_woken_while_the_loop_never_waits(lt: LoopThread) -> None:
+    """The loop thread wakes a caller at its next select; a loop kept busy by another task
+    (never blocking) still selects, with a zero timeout, on every iteration."""
+    spinning = threading.Event()
+    stop = False
+
+    def spin() -> None:  # always one more callback ready: every select has a zero timeout
+        spinning.set()
+        if not stop:
+            asyncio.get_running_loop().call_soon(spin)
+
+    async def start_spinning() -> None:
+        asyncio.get_running_loop().call_soon(spin)
+
+    lt.run(start_spinning())
+    assert spinning.wait(10)
+    try:
+        for i in range(50):
+            assert lt.run(asyncio.sleep(0, result=i), timeout=10) == i
+    finally:
+        stop = True
+
+
+def test_task_cancelled_before_its_first_step_wakes_its_caller() -> None:
+    """What the loop's shutdown does to a call whose task has not run yet: its coroutine
+    never started, so nothing in it could wake the caller; the shutdown does."""
+    from deepexec_sdk import _sync
+
+    loop, hub = _sync._new_loop(threading.Event())
+    coro = asyncio.sleep(3600)
+    call = _sync._Call(coro, hub)
+
+    async def start_then_cancel() -> None:
+        call.start()
+        assert call.task is not None
+        call.task.cancel()  # as _cancel_all_tasks does
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(start_then_cancel())
+        assert call.task is not None and call.task.cancelled()
+        assert not call.settled and not call.wait(0)
+        hub.abandon_all()
+        assert call.wait(0)
+        with pytest.raises(concurrent.futures.CancelledError):
+            call.outcome()
+        assert coro.cr_frame is None  # closed: no "never awaited" warning
+    finally:
+        loop.close()
+
+
+def test_cancel_between_start_and_first_step_closes_the_coroutine() -> None:
+    from deepexec_sdk import _sync
+
+    loop, hub = _sync._new_loop(threading.Event())
+    coro = asyncio.sleep(3600)
+    call = _sync._Call(coro, hub)
+
+    async def start_then_cancel() -> None:
+        call.start()
+        call.cancel()  # the task exists, its first step has not run
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(start_then_cancel())
+        assert call.settled and call.wait(0)
+        with pytest.raises(concurrent.futures.CancelledError):
+            call.outcome()
+        assert coro.cr_frame is None
+        assert hub.inflight == set()
+    finally:
+        loop.close()
+
+
+def test_results_and_errors_cross_over_from_many_threads(lt: LoopThread) -> None:
+    async def echo(i: int) -> int:
+        await asyncio.sleep(0)
+        if i % 7 == 0:
+            raise ValueError(i)
+        return i
+
+    def worker(base: int) -> list[object]:
+        out: list[object] = []
+        for i in range(base, base + 200):
+            try:
+                out.append(lt.run(echo(i), timeout=10))
+            except ValueError as exc:
+                out.append(("error", exc.args[0]))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(worker, range(0, 800, 200)))
+    flat = [x for chunk in results for x in chunk]
+    assert flat == [("error", i) if i % 7 == 0 else i for i in range(800)]
