@@ -4,7 +4,13 @@ Compares, for ``print(1)`` (median of N rounds):
 
 * bare: ``/usr/bin/python3 -c "print(1)"`` started from this process (no sandbox);
 * cold: the same program through the local executor with no warm pool (a fresh
-  bubblewrap sandbox, uid, tmpfs and interpreter per execution);
+  bubblewrap sandbox, uid, tmpfs and interpreter per execution), configured as a
+  server started with ``--warm-pool 0`` is: it keeps its default
+  ``prepared_scratches`` (empty sandbox directories, each with its uid, scratch
+  tmpfs and network namespace, no process: see the local backend's docstring),
+  which a cold execution takes instead of making them while the caller waits; the
+  replacement is made after the result is out, before the next round starts, just
+  as between a server's requests;
 * warm: through an executor with a warm pool (a pre-started sandbox whose
   interpreter waits for the program); the pool is refilled between rounds
   (``LocalExecutor.wait_warm``), so this is the latency a request sees when a warm
@@ -14,8 +20,10 @@ The three are interleaved round by round (bare, cold, warm, bare, cold, ...), so
 load spike on a shared machine hits all of them alike. Prints the ratios to bare and
 the sandbox creation overhead (cold - bare, median of the per-round differences),
 then cold vs warm for the other interpreted languages. Issue targets: overhead
-<= 10 ms, warm <= 1.0 x bare. Needs root and bubblewrap
-(scripts/install-system-deps.sh); elsewhere it says so and exits 0.
+<= 10 ms, cold <= 1.3 x bare (issue #5), warm <= 1.0 x bare. Needs root and
+bubblewrap (scripts/install-system-deps.sh); elsewhere it says so and exits 0.
+Other load on the machine moves these figures by +-20%: compare runs made back to
+back.
 
 Run: ``.venv/bin/python bench/bench_sandbox.py [N]``
 """
@@ -124,6 +132,7 @@ def main() -> int:
         p90 = statistics.quantiles(xs, n=10)[-1]
         print(f"{label:28}{statistics.median(xs):10.2f}{p90:10.2f}{statistics.median(xs) / b:9.2f}")
     print(f"sandbox creation overhead (cold - bare): {overhead:.2f} ms   (target <= 10 ms)")
+    print(f"cold start / bare cold start:            {c / b:.2f} x    (target <= 1.3 x)")
     print(f"warm-pool latency / bare cold start:     {w / b:.2f} x    (target <= 1.0 x)")
     print(f"warm / cold:                             {w / c:.2f} x")
     print()

@@ -17,9 +17,21 @@ and reports the exact peak RSS of everything it reaped. It also:
   the host's init, and its rusage, which includes the sandboxed program's, counted);
   with ``-a`` it waits for every descendant (they all die with the pid namespace);
   without, it SIGKILLs the child's group once the child exits (insecure backend);
+* with ``-n FD``, moves the child into the network namespace ``FD`` refers to (and
+  closes ``FD``) before dropping privileges: a namespace the server made in advance
+  (see :mod:`.netns`), so that bubblewrap need not create one;
+* with ``-m FD``, likewise into the mount namespace ``FD`` refers to: the minimal one
+  ``launcher --mntns-holder ROOT INSTANCE READY_FD`` builds (``/usr``, ``/bin`` and
+  ``/lib*``, ``ld.so.cache``, a ``/proc``, an empty ``/tmp`` for bubblewrap's staging
+  mount and the executor's instance directory, a slave of the host's), so that
+  bubblewrap copies, lists and unmounts a handful of mounts rather than all of the
+  host's (see :mod:`.local`, *Cold starts*);
 * dies with its parent (``PR_SET_PDEATHSIG``), and so does its child.
 
-Protocol: ``launcher STATUS_FD UID|-1 [-a] [-r RESOURCE:SOFT:HARD]... -- PROGRAM ARG...``.
+Protocol: ``launcher STATUS_FD UID|-1 [-a] [-n NETNS_FD] [-m MNTNS_FD]
+[-r RESOURCE:SOFT:HARD]... -- PROGRAM ARG...`` (or ``launcher --mntns-holder ROOT
+INSTANCE READY_FD``, which writes ``R`` to READY_FD once its namespace is built, then
+waits to be killed).
 On exit it writes ``"<wait status of the child> <max ru_maxrss KiB>\\n"`` to STATUS_FD.
 The child gets an empty environment.
 """
@@ -50,12 +62,16 @@ LAUNCHER_SOURCE = r"""
 #include <errno.h>
 #include <grp.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -67,24 +83,112 @@ static void on_term(int sig) {
     if (child > 0) kill(-child, SIGKILL);
 }
 
+/* Close every descriptor >= 3 but keep: two close_range calls (Linux >= 5.9) rather
+   than a thousand close calls racing the child for the CPU. */
+static void close_others(int keep) {
+#ifdef SYS_close_range
+    int ok = keep < 3 ? syscall(SYS_close_range, 3, ~0U, 0) == 0
+        : (keep == 3 || syscall(SYS_close_range, 3, keep - 1, 0) == 0)
+          && syscall(SYS_close_range, keep + 1, ~0U, 0) == 0;
+    if (ok) return;
+#endif
+    for (int fd = 3; fd < 1024; fd++) if (fd != keep) close(fd);
+}
+
 static void fail(const char *what) {
     dprintf(2, "deepexec-launcher: %s: %s\n", what, strerror(errno));
     _exit(127);
 }
 
+/* mkdir -p, every component 0755 */
+static void make_dirs(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) { errno = ENAMETOOLONG; fail("path"); }
+    memcpy(buf, path, n + 1);
+    for (size_t k = 1; k <= n; k++) {
+        if (buf[k] == '/' || buf[k] == '\0') {
+            char c = buf[k];
+            buf[k] = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) fail(buf);
+            buf[k] = c;
+        }
+    }
+}
+
+static void bind_into(const char *host, int readonly) {
+    /* host is absolute; the target is the same path below the current directory */
+    const char *rel = host + 1;
+    struct stat st;
+    if (stat(host, &st) != 0) return;
+    if (S_ISDIR(st.st_mode)) {
+        make_dirs(rel);
+    } else {
+        int fd = open(rel, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) fail(rel);
+        close(fd);
+    }
+    if (mount(host, rel, NULL, MS_BIND | MS_REC, NULL) != 0) fail(host);
+    unsigned long ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
+    if (readonly && mount(NULL, rel, NULL, ro, NULL) != 0) fail(host);
+}
+
+/* --mntns-holder ROOT INSTANCE READY_FD: a mount namespace holding only what
+   bubblewrap needs to start (/usr, /bin and /lib*, ld.so.cache, a /proc) and the
+   executor's instance directory, a slave of the host's so that every mount made
+   there later (scratches, system roots) shows up; then wait to be killed. */
+static int mntns_holder(char **argv) {
+    const char *root = argv[2], *inst = argv[3];
+    int ready = atoi(argv[4]);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail("prctl");
+    if (unshare(CLONE_NEWNS) != 0) fail("unshare");
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) fail("make / a slave");
+    if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=65536") != 0)
+        fail("tmpfs");
+    if (chdir(root) != 0) fail("chdir");
+    bind_into("/usr", 1);
+    static const char *const tops[] = { "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32" };
+    for (size_t k = 0; k < sizeof tops / sizeof tops[0]; k++) {
+        char target[4096];
+        ssize_t len = readlink(tops[k], target, sizeof target - 1);
+        if (len >= 0) {
+            target[len] = '\0';
+            if (symlink(target, tops[k] + 1) != 0) fail(tops[k]);
+        } else {
+            bind_into(tops[k], 1);
+        }
+    }
+    make_dirs("tmp"); /* bubblewrap mounts its staging tmpfs on /tmp */
+    make_dirs("etc");
+    bind_into("/etc/ld.so.cache", 1);
+    make_dirs("proc");
+    if (mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) fail("proc");
+    bind_into(inst, 0);
+    if (syscall(SYS_pivot_root, ".", ".") != 0) fail("pivot_root");
+    if (umount2(".", MNT_DETACH) != 0) fail("umount");
+    if (chdir("/") != 0) fail("chdir /");
+    if (write(ready, "R", 1) != 1) fail("ready");
+    close(ready);
+    for (;;) pause();
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "--mntns-holder") == 0) return mntns_holder(argv);
     if (argc < 5) { dprintf(2, "deepexec-launcher: bad usage\n"); return 127; }
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail("prctl");
     if (getppid() != parent) return 127;
     int status_fd = atoi(argv[1]);
     long uid = atol(argv[2]);
-    int wait_all = 0, i = 3;
+    int wait_all = 0, netns_fd = -1, mntns_fd = -1, i = 3;
     struct { int res; struct rlimit lim; } limits[16];
     int nlimits = 0;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) { i++; break; }
         if (strcmp(argv[i], "-a") == 0) { wait_all = 1; continue; }
+        if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) { netns_fd = atoi(argv[++i]); continue; }
+        if (strcmp(argv[i], "-m") == 0 && i + 1 < argc) { mntns_fd = atoi(argv[++i]); continue; }
         if (strcmp(argv[i], "-r") == 0 && i + 1 < argc && nlimits < 16) {
             unsigned long long soft, hard; int res;
             if (sscanf(argv[++i], "%d:%llu:%llu", &res, &soft, &hard) != 3) {
@@ -118,6 +222,15 @@ int main(int argc, char **argv) {
         if (setpgid(0, 0) != 0) fail("setpgid");
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) fail("prctl");
         close(status_fd);
+        if (netns_fd >= 0) {
+            if (setns(netns_fd, CLONE_NEWNET) != 0) fail("setns");
+            close(netns_fd);
+        }
+        if (mntns_fd >= 0) {
+            if (setns(mntns_fd, CLONE_NEWNS) != 0) fail("setns mnt");
+            close(mntns_fd);
+            if (chdir("/") != 0) fail("chdir");
+        }
         for (int k = 0; k < nlimits; k++)
             if (setrlimit(limits[k].res, &limits[k].lim) != 0) fail("setrlimit");
         if (uid >= 0) {
@@ -134,7 +247,7 @@ int main(int argc, char **argv) {
     /* Hold no copy of the sandbox's pipes: their EOF must mean the sandbox is gone. */
     int devnull = open("/dev/null", O_RDWR);
     if (devnull >= 0) { dup2(devnull, 0); dup2(devnull, 1); dup2(devnull, 2); }
-    for (int fd = 3; fd < 1024; fd++) if (fd != status_fd) close(fd);
+    close_others(status_fd);
 
     int child_status = 0;
     long maxrss = 0;

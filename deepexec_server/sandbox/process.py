@@ -76,6 +76,8 @@ class Spawned:
         stderr_r: int,
         control: socket.socket | None,
         status_r: int | None,
+        *,
+        watch_ready: bool = True,
     ) -> None:
         self.popen = popen
         self.pid = popen.pid
@@ -99,7 +101,8 @@ class Spawned:
         self.ready: asyncio.Future[None] = loop.create_future()
         if control is not None:
             control.setblocking(False)
-            loop.add_reader(control.fileno(), self._on_ready)
+            if watch_ready:
+                loop.add_reader(control.fileno(), self._on_ready)
 
     def _on_ready(self) -> None:
         assert self.control is not None
@@ -225,6 +228,10 @@ class Launch:
     rlimits: Sequence[tuple[int, int, int]] = ()
     #: Wait for every descendant (bubblewrap) instead of killing the group after the child.
     wait_all: bool = True
+    #: A network namespace (descriptor) to move the command into (see :mod:`.netns`).
+    netns_fd: int | None = None
+    #: A mount namespace (descriptor) to start the command in (see :mod:`.launcher`).
+    mntns_fd: int | None = None
 
 
 def start(
@@ -233,6 +240,7 @@ def start(
     launch: Launch | None,
     pass_fds: Sequence[int] = (),
     control: socket.socket | None = None,
+    watch_ready: bool = True,
 ) -> Spawned:
     """Start ``argv`` with an empty environment, in a new session, with new pipes.
 
@@ -240,7 +248,10 @@ def start(
     directly (peak RSS then includes the server's own, see :mod:`.launcher`).
     ``pass_fds`` are inherited under the same numbers (the caller closes its copies
     afterwards). ``control`` is our end of a :func:`control_channel` whose other end
-    is in ``pass_fds``. Must run on the event loop thread.
+    is in ``pass_fds``; it stays open until the process is gone. ``watch_ready``:
+    resolve :attr:`Spawned.ready` when the bootstrap says it is up (a cold start,
+    whose control data is already written, does not wait for that). Must run on the
+    event loop thread.
     """
     in_r, in_w = os.pipe2(_PIPE_FLAGS)
     out_r, out_w = os.pipe2(_PIPE_FLAGS)
@@ -255,6 +266,12 @@ def start(
         opts = [str(status_w), str(launch.uid if launch.uid is not None else -1)]
         if launch.wait_all:
             opts.append("-a")
+        if launch.netns_fd is not None:
+            opts += ["-n", str(launch.netns_fd)]
+            fds.append(launch.netns_fd)
+        if launch.mntns_fd is not None:
+            opts += ["-m", str(launch.mntns_fd)]
+            fds.append(launch.mntns_fd)
         for res, soft, hard in launch.rlimits:
             opts += ["-r", f"{res}:{soft}:{hard}"]
         full = [launch.launcher, *opts, "--", *full]
@@ -280,7 +297,7 @@ def start(
                 os.close(fd)
     for fd in (in_w, out_r, err_r):
         os.set_blocking(fd, False)
-    return Spawned(popen, in_w, out_r, err_r, control, status_r)
+    return Spawned(popen, in_w, out_r, err_r, control, status_r, watch_ready=watch_ready)
 
 
 class _Dispatcher:
@@ -497,20 +514,32 @@ async def supervise(
             await before_io()
         if sp.stdin_w is not None:
             fd, sp.stdin_w = sp.stdin_w, None
-            transports.append(await _open_writer(fd, stdin or b""))
+            if stdin:
+                transports.append(await _open_writer(fd, stdin))
+            else:
+                os.close(fd)  # nothing to feed: the program reads EOF at once
 
         timed_out = False
-        remaining = max(0.0, t0 + timeout - time.monotonic())
-        try:
-            await asyncio.wait_for(asyncio.shield(sp.exited), remaining)
-        except TimeoutError:
+
+        def on_timeout() -> None:
+            nonlocal timed_out
             if sp.alive:
                 timed_out = True
                 sp.kill()
-        status, max_rss = await asyncio.shield(sp.exited)
+
+        # A timer plus one await (not wait_for): the fewest event-loop hops between the
+        # launcher's exit and the result. On timeout the tree is killed and reaped.
+        timer = loop.call_at(loop.time() + max(0.0, t0 + timeout - time.monotonic()), on_timeout)
+        try:
+            status, max_rss = await asyncio.shield(sp.exited)
+        finally:
+            timer.cancel()
         elapsed_ms = (time.monotonic() - t0) * 1000.0
-        await asyncio.wait([asyncio.shield(p.done) for p in protos], timeout=EOF_GRACE_S)
-        await dispatcher.flush()
+        pending = [p.done for p in protos if not p.done.done()]
+        if pending:
+            await asyncio.wait([asyncio.shield(f) for f in pending], timeout=EOF_GRACE_S)
+        if dispatcher.task is not None:
+            await dispatcher.flush()
         if dispatcher.error is not None:
             raise dispatcher.error
         return RawResult(

@@ -32,6 +32,11 @@ Setting                    Default                   Meaning
                                                      latency (bench/bench_sandbox.py) and
                                                      costs an idle interpreter per
                                                      language (python ~9 MiB, node ~40)
+``prepared_scratches``     ``2``                     empty sandboxes kept ready for cold
+                                                     starts, warm pool or not: a leased
+                                                     uid, its mounted scratch tmpfs and a
+                                                     network namespace each, no process
+                                                     (0 disables; see the local backend)
 ``max_concurrency``        ``max(2, 2 * cpus)``      sandboxes running at once; further
                                                      executions wait for a slot
 ``uid_base``/``uid_count`` ``2_100_000_000``/1024    host uids for sandboxes (one each)
@@ -120,6 +125,9 @@ class SandboxSettings:
     #: languages that get a warm pool (None: every interpreted language); python and bash
     #: by default, which keeps an idle server under 80 MB (a warm node alone is ~40 MB)
     warm_languages: tuple[str, ...] | None = ("python", "bash")
+    #: empty sandboxes (uid + scratch tmpfs + network namespace, no process) kept ready
+    #: for cold starts
+    prepared_scratches: int = 2
     max_concurrency: int = field(factory=_default_concurrency)
     uid_base: int = 2_100_000_000
     uid_count: int = 1024
@@ -131,8 +139,15 @@ class SandboxSettings:
     e2b_template: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.warm_pool_size < 0 or self.max_concurrency < 1 or self.uid_count < 1:
-            raise ValueError("warm_pool_size >= 0, max_concurrency >= 1, uid_count >= 1")
+        if (
+            self.warm_pool_size < 0
+            or self.prepared_scratches < 0
+            or self.max_concurrency < 1
+            or self.uid_count < 1
+        ):
+            raise ValueError(
+                "warm_pool_size >= 0, prepared_scratches >= 0, max_concurrency >= 1, uid_count >= 1"
+            )
 
     def default_limits(self) -> Limits:
         """The limits used for a request that specifies none."""

@@ -1,8 +1,11 @@
-"""Building blocks: uid leases and sweeps, the seccomp program, session tmpfs, launcher."""
+"""Building blocks: uid leases and sweeps, the seccomp program, session tmpfs, launcher,
+the system root, prepared network namespaces."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 import subprocess
 import tempfile
@@ -13,12 +16,21 @@ from pathlib import Path
 import pytest
 
 from deepexec_server.sandbox.hostfs import (
+    Fingerprint,
+    SysrootSpec,
+    bind_mount,
+    build_sysroot,
     chown_tree,
+    destroy_tree,
     ensure_session_dir,
     is_mountpoint,
+    mounts_under,
     release_session_dir,
+    remove_tree,
+    sysroot_stale,
 )
 from deepexec_server.sandbox.launcher import build_launcher
+from deepexec_server.sandbox.netns import new_netns
 from deepexec_server.sandbox.seccomp import BLOCKED, seccomp_filter
 from deepexec_server.sandbox.uids import UidPool, check_uid_range, processes_of_uid, sweep_uid
 
@@ -128,3 +140,106 @@ def test_launcher_reports_exact_peak_rss_and_wait_status(tmp_path: Path) -> None
     assert os.waitstatus_to_exitcode(status) == 7
     assert 50 * 1024 < rss_kib < 90 * 1024  # the program's peak, not this process's
     assert time.monotonic() - t < 10
+
+
+def test_sysroot_is_read_only_and_notices_replaced_host_files(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    (host / "dir" / "sub").mkdir(parents=True)
+    (host / "dir" / "sub" / "f").write_text("in a copied tree")
+    os.symlink("sub/f", host / "dir" / "link")
+    (host / "file").write_text("copied")
+    (host / "bound").mkdir()
+    (host / "bound" / "b").write_text("bound")
+    spec = SysrootSpec(
+        ro_binds=(str(host / "bound"),),
+        copies=(str(host / "file"), str(host / "dir")),
+        symlinks=(("/etc/localtime", "/usr/share/zoneinfo/UTC"),),
+        devices=("/dev/null",),
+        files=(("/etc/hosts", b"127.0.0.1 localhost\n"),),
+        dirs=("/proc", "/tmp"),
+        mount_points=("/etc/passwd",),
+    )
+    root = tmp_path / "root"
+    fingerprint = build_sysroot(root, spec)
+    try:
+        mirror = root / str(host).lstrip("/")
+        assert (mirror / "file").read_text() == "copied"
+        assert (mirror / "dir" / "sub" / "f").read_text() == "in a copied tree"
+        assert os.readlink(mirror / "dir" / "link") == "sub/f"
+        assert (mirror / "bound" / "b").read_text() == "bound"
+        assert os.readlink(root / "etc" / "localtime") == "/usr/share/zoneinfo/UTC"
+        assert (root / "etc" / "hosts").read_bytes() == b"127.0.0.1 localhost\n"
+        assert stat.S_ISCHR(os.stat(root / "dev" / "null").st_mode)
+        assert os.stat(root / "dev" / "null").st_rdev == os.stat("/dev/null").st_rdev
+        for target in (root / "new", mirror / "bound" / "new", root / "etc" / "new"):
+            with pytest.raises(OSError) as err:
+                target.write_text("x")
+            assert err.value.errno == errno.EROFS
+        assert not sysroot_stale(spec, fingerprint)
+        (host / "bound" / "b").write_text("changed")  # a bound directory is live
+        assert (mirror / "bound" / "b").read_text() == "changed"
+        assert not sysroot_stale(spec, fingerprint)
+        (host / "dir" / "sub" / "f").write_text("changed")  # copies are not: noticed
+        assert sysroot_stale(spec, fingerprint)
+        fingerprint = _rebuilt(root, spec)
+        (host / "dir" / "link").unlink()
+        os.symlink("elsewhere", host / "dir" / "link")
+        assert sysroot_stale(spec, fingerprint)
+        fingerprint = _rebuilt(root, spec)
+        os.rename(host / "file", host / "old")
+        (host / "file").write_text("replaced")
+        assert sysroot_stale(spec, fingerprint)
+    finally:
+        assert destroy_tree(root)
+    assert not root.exists() and not mounts_under(tmp_path)
+    assert (host / "bound" / "b").read_text() == "changed"  # never deleted through
+
+
+def _rebuilt(root: Path, spec: SysrootSpec) -> Fingerprint:
+    assert destroy_tree(root)
+    return build_sysroot(root, spec)
+
+
+def test_remove_tree_never_deletes_through_a_mount(tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "precious").write_text("host data")
+    tree = tmp_path / "tree"
+    (tree / "a" / "bind").mkdir(parents=True)
+    (tree / "a" / "mine").write_text("ours")
+    bind_mount(keep, tree / "a" / "bind")
+    assert remove_tree(tree)
+    assert not tree.exists()
+    assert (keep / "precious").read_text() == "host data"
+
+
+def test_prepared_network_namespace_has_only_loopback_up(tmp_path: Path) -> None:
+    fd = new_netns()
+    try:
+        assert os.readlink(f"/proc/self/fd/{fd}") != os.readlink("/proc/self/ns/net")
+        launcher = build_launcher(tmp_path)
+        r, w = os.pipe()
+        code = (
+            "import os, socket\n"
+            "print(os.readlink('/proc/self/ns/net'), socket.if_nameindex())\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+            "socket.create_connection(s.getsockname()).close(); print('loopback up')\n"
+            "print(sorted(os.listdir('/proc/self/fd')))\n"
+        )
+        out = subprocess.run(
+            [str(launcher), str(w), str(UID), "-a", "-n", str(fd), "--"]
+            + ["/usr/bin/python3", "-c", code],
+            pass_fds=(w, fd),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        os.close(w)
+        assert os.read(r, 100).split()[0] == b"0", out.stderr
+        os.close(r)
+        ns, names = out.stdout.splitlines()[0].split(" ", 1)
+        assert ns == os.readlink(f"/proc/self/fd/{fd}") and names == "[(1, 'lo')]"
+        assert out.stdout.splitlines()[1] == "loopback up"
+        assert str(fd) not in out.stdout.splitlines()[2]  # the launcher closed it
+    finally:
+        os.close(fd)

@@ -184,7 +184,7 @@ async def test_setuid_binaries_grant_nothing(executor: LocalExecutor, limits: Li
         assert res[name][0] != 0, (name, res[name])  # ...but useless
     uid = res["id"][1].strip()
     assert int(uid) >= executor.settings.uid_base
-    assert "nosuid" in res["mnt_opts"][0]
+    assert {"ro", "nosuid", "nodev"} <= set(res["mnt_opts"][0].split(","))
     await still_works(executor, limits)
 
 
@@ -269,8 +269,14 @@ async def test_disk_fill_is_bounded(executor: LocalExecutor, limits: Limits) -> 
     out = await executor.execute(req("open('/work/f', 'wb').write(b'x' * (2 * 2**20))", big_file))
     assert out.signal == 25 or "File too large" in out.stderr, out  # SIGXFSZ / EFBIG
     await asyncio.sleep(0.2)
-    live = [m for m in mounts_under(executor.settings.runtime_dir) if "/x" in m]
-    assert len(live) <= executor.settings.warm_pool_size * len(executor._pool)  # noqa: SLF001
+    # The scratches of finished executions are gone: only the warm pool's and the
+    # prepared (empty, unused) ones are still mounted.
+    live = {m for m in mounts_under(executor.settings.runtime_dir) if "/x" in m}
+    pooled = {str(b.scratch.root) for q in executor._pool.values() for b in q}  # noqa: SLF001
+    prepared = {str(p.scratch.root) for p in executor._prepared}  # noqa: SLF001
+    assert live == pooled | prepared
+    assert len(prepared) <= executor.settings.prepared_scratches
+    assert len(pooled) <= executor.settings.warm_pool_size * len(executor._pool)  # noqa: SLF001
     await still_works(executor, limits)
 
 
