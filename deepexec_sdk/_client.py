@@ -549,7 +549,8 @@ class DeepExecAsyncClient:
             tags: labels to filter :meth:`list_jobs` by.
 
         Returns:
-            JobSubmitted: ``job_id``, ``status`` (``PENDING``) and ``created_at``.
+            JobSubmitted: ``job_id``, ``status`` (``PENDING``, or ``RUNNING`` when the server
+            started it at once) and ``created_at``.
 
         Raises:
             MCPValidationError: bad input (nothing was sent).
@@ -815,7 +816,8 @@ class DeepExecAsyncClient:
             timeout: limit of the whole job, in seconds.
 
         Returns:
-            JobSubmitted: ``job_id``, ``status`` (``PENDING``) and ``created_at``.
+            JobSubmitted: ``job_id``, ``status`` (``PENDING``, or ``RUNNING`` when the server
+            started it at once) and ``created_at``.
 
         Raises:
             MCPValidationError: bad input (nothing was sent).

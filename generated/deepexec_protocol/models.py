@@ -700,7 +700,8 @@ class JobSubmitted:
 
     Attributes:
         job_id: JobId
-        status: JobState
+        status: PENDING, or RUNNING when a worker was idle and the job started at once (a
+            replayed submit answers the job's current state).
         created_at: Timestamp
     """
 
