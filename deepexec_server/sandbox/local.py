@@ -576,7 +576,7 @@ class LocalExecutor(Executor):
         except BaseException:
             await self.close()
             raise
-        self._fill_prepared()
+        await self._fill_prepared()
         if self.settings.warm_pool_size > 0:
             warm = self.settings.warm_languages
             for spec, _ in self._langs.values():
@@ -783,11 +783,13 @@ class LocalExecutor(Executor):
             asyncio.get_running_loop().call_later(_REFILL_DELAY, self._start_fill)
 
     def _start_fill(self) -> None:
-        task = asyncio.ensure_future(self._fill_prepared_async())
+        task = asyncio.ensure_future(self._fill_prepared())
         self._teardowns.add(task)  # close() waits for it like for a teardown
         task.add_done_callback(self._teardowns.discard)
 
-    async def _fill_prepared_async(self) -> None:
+    async def _fill_prepared(self) -> None:
+        """Top up the prepared scratches (see the module docstring), each made in a worker
+        thread."""
         try:
             while not self._closing and len(self._prepared) < self.settings.prepared_scratches:
                 assert self._uids is not None
@@ -804,20 +806,6 @@ class LocalExecutor(Executor):
                 self._prepared.append(prepared)
         finally:
             self._prepare_scheduled = False
-
-    def _fill_prepared(self) -> None:
-        """Top up the prepared scratches (see the module docstring), blocking: at start."""
-        if self._closing or self._uids is None or self._instance_dir is None:
-            return
-        while len(self._prepared) < self.settings.prepared_scratches:
-            lease = self._uids.try_lease()
-            if lease is None:  # every uid is in use: executions lease on demand
-                return
-            prepared = self._prepare_one(lease)
-            if prepared is None:
-                self._uids.release(lease)
-                return
-            self._prepared.append(prepared)
 
     def _prepare_one(self, lease: UidLease) -> _Prepared | None:
         """Mount and lay out a scratch for ``lease`` and make its network namespace
