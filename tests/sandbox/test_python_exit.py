@@ -1,0 +1,141 @@
+"""How a python program ends in the sandbox: the bootstrap does what the interpreter's
+shutdown does that a program can observe, then exits at once (languages.py). Every case
+runs cold and from the warm pool, and is compared with a bare /usr/bin/python3 run of
+the same program."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from deepexec_server.sandbox import ExecutionRequest, Limits, SandboxSettings
+from deepexec_server.sandbox.local import LocalExecutor
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+
+CASES = {
+    "plain": "print('hi')",
+    "no newline": "import sys\nsys.stdout.write('partial')",
+    "exit code": "import sys\nprint('before')\nsys.exit(3)",
+    "exit none": "import sys\nsys.exit()",
+    "exit message": "import sys\nsys.exit('bye now')",
+    "exit big": "import sys\nsys.exit(256 + 7)",
+    "exception": "def f():\n    raise ValueError('boom')\nf()",
+    "atexit": (
+        "import atexit\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "atexit.register(lambda: print('first', flush=True))\n"
+        "print('main')"
+    ),
+    "atexit raises": (
+        "import atexit\n"
+        "def bad():\n    raise RuntimeError('in atexit')\n"
+        "atexit.register(bad)\nprint('main')"
+    ),
+    "atexit exits": "import atexit, sys\natexit.register(lambda: sys.exit(5))\nprint('main')",
+    "thread joined": (
+        "import threading, time\n"
+        "def late():\n    time.sleep(0.2)\n    print('thread done')\n"
+        "threading.Thread(target=late).start()\nprint('main done')"
+    ),
+    "daemon thread": (
+        "import threading, time\n"
+        "def forever():\n    time.sleep(30)\n    print('never')\n"
+        "threading.Thread(target=forever, daemon=True).start()\nprint('main done')"
+    ),
+    "__del__ of a global": (
+        "class Noisy:\n    def __del__(self):\n        print('deleted')\nn = Noisy()\nprint('main')"
+    ),
+    "logging flushed": (
+        "import logging\nlogging.basicConfig(level=logging.INFO)\nlogging.info('logged')"
+    ),
+}
+
+#: files left open, written only by their buffers' flush at the end
+UNCLOSED = (
+    "f = open('out.txt', 'w')\n"
+    "f.write('buffered data')\n"
+    "import io\n"
+    "g = io.TextIOWrapper(open('raw.bin', 'wb'), encoding='utf-8')\n"
+    "g.write('wrapped')\n"
+)
+
+
+def bare(code: str, cwd: str | None = None) -> tuple[str, str, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        program = Path(tmp) / "main.py"
+        program.write_text(code)
+        r = subprocess.run(
+            ["/usr/bin/python3", str(program)],
+            capture_output=True,
+            text=True,
+            cwd=cwd or tmp,
+            env={},
+        )
+    return r.stdout, r.stderr, r.returncode
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def executors(
+    make_settings: Callable[..., SandboxSettings],
+) -> AsyncIterator[dict[str, LocalExecutor]]:
+    cold = LocalExecutor(make_settings(languages=("python",)))
+    warm = LocalExecutor(make_settings(languages=("python",), warm_pool_size=1))
+    await cold.start()
+    await warm.start()
+    try:
+        yield {"cold": cold, "warm": warm}
+    finally:
+        await cold.close()
+        await warm.close()
+
+
+def _normalise(stderr: str) -> str:
+    # the sandbox names the program /sandbox/main.py, bare python its temp path; object
+    # addresses differ from run to run
+    lines = [ln for ln in stderr.splitlines() if not ln.lstrip().startswith('File "')]
+    return re.sub(r"0x[0-9a-f]+", "0x?", "\n".join(lines))
+
+
+def _files_of_bare_run(code: str) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        assert bare(code, cwd=tmp)[2] == 0
+        return {p.name: p.read_text() for p in Path(tmp).iterdir()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_a_program_ends_as_under_the_bare_interpreter(
+    executors: dict[str, LocalExecutor], limits: Limits, name: str, mode: str
+) -> None:
+    code = CASES[name]
+    ex = executors[mode]
+    if mode == "warm":
+        await ex.wait_warm()
+    out = await ex.execute(ExecutionRequest(code=code, language="python", limits=limits))
+    stdout, stderr, status = bare(code)
+    assert out.stdout == stdout, (out, stdout)
+    assert out.exit_code == status, (out, status)
+    assert _normalise(out.stderr) == _normalise(stderr), (out.stderr, stderr)
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_files_left_open_are_flushed_as_under_the_bare_interpreter(
+    executors: dict[str, LocalExecutor], limits: Limits, session_dir: Path, mode: str
+) -> None:
+    expected = _files_of_bare_run(UNCLOSED)
+    assert expected == {"out.txt": "buffered data", "raw.bin": "wrapped"}
+    ex = executors[mode]
+    out = await ex.execute(
+        ExecutionRequest(code=UNCLOSED, language="python", limits=limits, workdir=session_dir)
+    )
+    assert out.exit_code == 0, out
+    seen = {p.name: p.read_text() for p in session_dir.iterdir()}  # noqa: ASYNC240 (test)
+    assert seen == expected, out
+    await ex.release_workdir(session_dir)
