@@ -450,9 +450,12 @@ def sandbox_saturation(clients: int, seconds: float) -> float:
 
 
 def bare_start_ms() -> float:
-    """One bare cold start of Debian's interpreter, as the sandbox runs it."""
+    """One bare cold start of Debian's interpreter, as the sandbox runs it (an empty
+    environment, as in bench_sandbox.py)."""
     t0 = time.perf_counter()
-    subprocess.run(["/usr/bin/python3", "-c", "print(1)"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["/usr/bin/python3", "-c", "print(1)"], check=True, stdout=subprocess.DEVNULL, env={}
+    )
     return (time.perf_counter() - t0) * 1000
 
 
