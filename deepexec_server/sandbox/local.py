@@ -167,6 +167,7 @@ from .launcher import RLIMIT_CODES, build_launcher
 from .netns import new_netns
 from .process import (
     Launch,
+    RawResult,
     Spawned,
     compile_failure,
     control_channel,
@@ -528,6 +529,7 @@ class LocalExecutor(Executor):
         self._sysroot_task: asyncio.Future[None] | None = None
         self._prepared: deque[_Prepared] = deque()
         self._prepare_scheduled = False
+        self._preparing = 0
         self._netns_ok = True
         self._mntns: int | None = None
         self._inst_shared = False
@@ -633,26 +635,34 @@ class LocalExecutor(Executor):
                 log.error("could not clean up %s: something is still mounted there", entry)
 
     async def _smoke_test(self) -> None:
+        raw = await self.run_command(["/usr/bin/true"], timeout=30)
+        if raw.wait_status != 0:
+            raise SandboxUnavailableError(
+                f"the smoke-test sandbox failed (status {raw.wait_status}): {raw.stderr.strip()}"
+            )
+
+    async def run_command(self, argv: Sequence[str], *, timeout: float = 30.0) -> RawResult:
+        """Run ``argv`` (absolute program path) as is in a fresh sandbox, as a cold
+        execution would run its interpreter (a prepared scratch when there is one, the
+        default limits, no stdin): for the start-up smoke test and for benchmarks that
+        measure a bare command in the sandbox."""
         spec = next(iter(self._langs.values()))[0]
-        lease = await self._lease()
-        box = self._new_box(lease, spec, self.settings.defaults, None, prog_writable=False)
+        limits = self.settings.defaults
+        box = await self._cold_box(spec, limits, None, prog_writable=False)
         try:
-            cmd = self._command(box, self.settings.defaults, ["/usr/bin/true"], writable_prog=False)
+            cmd = self._command(box, limits, list(argv), writable_prog=False)
             sp = self._start(box, cmd)
-            raw = await supervise(
+            return await supervise(
                 sp,
                 stdin=None,
-                timeout=30,
+                timeout=timeout,
                 max_output=65536,
                 on_output=None,
                 t0=time.monotonic(),
             )
         finally:
             await self._teardown(box)
-        if raw.wait_status != 0:
-            raise SandboxUnavailableError(
-                f"the smoke-test sandbox failed (status {raw.wait_status}): {raw.stderr.strip()}"
-            )
+            self._schedule_prepare()
 
     async def close(self) -> None:
         """Kill everything this executor started and remove its runtime directory."""
@@ -791,12 +801,21 @@ class LocalExecutor(Executor):
         """Top up the prepared scratches (see the module docstring), each made in a worker
         thread."""
         try:
-            while not self._closing and len(self._prepared) < self.settings.prepared_scratches:
+            # two top-ups may run at once (start() and one scheduled after a run): count
+            # the scratches being made, so that they never make more than wanted
+            while (
+                not self._closing
+                and len(self._prepared) + self._preparing < self.settings.prepared_scratches
+            ):
                 assert self._uids is not None
                 lease = self._uids.try_lease()
                 if lease is None:  # every uid is in use: executions lease on demand
                     return
-                prepared = await asyncio.to_thread(self._prepare_one, lease)
+                self._preparing += 1
+                try:
+                    prepared = await asyncio.to_thread(self._prepare_one, lease)
+                finally:
+                    self._preparing -= 1
                 if prepared is None:
                     self._uids.release(lease)
                     return

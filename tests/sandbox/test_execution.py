@@ -305,3 +305,15 @@ async def test_warm_pool_serves_prestarted_sandboxes_once(
         await ex.close()
     # Nothing of this executor is left (other executors' prepared scratches may be).
     assert not mounts_under(instance) and not instance.exists()  # noqa: ASYNC240 (test)
+
+
+async def test_run_command_runs_a_bare_command_in_a_fresh_sandbox(
+    executor: LocalExecutor,
+) -> None:
+    for _ in range(3):
+        raw = await executor.run_command(
+            ["/usr/bin/python3", "-c", "import os, socket; print(os.getuid() != 0, os.getcwd())"]
+        )
+        assert raw.wait_status == 0 and raw.stdout == "True /work\n", raw
+    await asyncio.sleep(0.2)  # the scheduled top-ups have run
+    assert len(executor._prepared) <= executor.settings.prepared_scratches
