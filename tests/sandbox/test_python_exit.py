@@ -52,6 +52,16 @@ CASES = {
     "__del__ of a global": (
         "class Noisy:\n    def __del__(self):\n        print('deleted')\nn = Noisy()\nprint('main')"
     ),
+    "pools left running": (
+        "import multiprocessing as mp, concurrent.futures as cf\n"
+        "def sq(x):\n    return x * x\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.Pool(2) as p:\n        print(p.map(sq, range(5)))\n"
+        "    ex = cf.ProcessPoolExecutor(2)\n"
+        "    print(list(ex.map(sq, [1, 2, 3])))\n"
+        "    t = cf.ThreadPoolExecutor(1)\n"
+        "    t.submit(lambda: print('from the pool', flush=True))\n"
+    ),
     "logging flushed": (
         "import logging\nlogging.basicConfig(level=logging.INFO)\nlogging.info('logged')"
     ),
