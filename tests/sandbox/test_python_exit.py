@@ -149,3 +149,82 @@ async def test_files_left_open_are_flushed_as_under_the_bare_interpreter(
     seen = {p.name: p.read_text() for p in session_dir.iterdir()}  # noqa: ASYNC240 (test)
     assert seen == expected, out
     await ex.release_workdir(session_dir)
+
+
+#: compares the code the program runs as with what compile() makes of its file
+SELF_CHECK = '''
+import inspect, sys, warnings
+
+def helper():
+    return [x for x in range(2)]
+
+class K:
+    def m(self):
+        return lambda: 1
+
+def files(code):
+    out = [code.co_filename]
+    for c in code.co_consts:
+        if isinstance(c, type(code)):
+            out += files(c)
+    return out
+
+running = sys._getframe().f_code
+expected = compile(open(__file__, "rb").read(), __file__, "exec")
+print(running == expected, set(files(running)) == {"/sandbox/main.py"}, len(files(running)))
+print(inspect.getsource(helper).splitlines()[0])
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    warnings.warn("w")
+print(seen[0].filename, seen[0].lineno)
+def fail():
+    raise KeyError("k")
+fail()
+'''
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_the_program_runs_as_compile_makes_it_under_its_own_name(
+    executors: dict[str, LocalExecutor], limits: Limits, mode: str
+) -> None:
+    ex = executors[mode]
+    if mode == "warm":
+        await ex.wait_warm()
+    out = await ex.execute(ExecutionRequest(code=SELF_CHECK, language="python", limits=limits))
+    source = SELF_CHECK.splitlines()
+    warn_line = source.index('    warnings.warn("w")') + 1
+    raise_line = source.index('    raise KeyError("k")') + 1
+    lines = out.stdout.splitlines()
+    assert lines[0] == "True True 8", out  # module, helper, listcomp, K, m, lambda, ...
+    assert lines[1] == "def helper():"
+    assert lines[2] == f"/sandbox/main.py {warn_line}"
+    assert out.stderr.startswith("Traceback (most recent call last):\n"), out.stderr
+    first = out.stderr.splitlines()[1]
+    assert first == f'  File "/sandbox/main.py", line {raise_line + 1}, in <module>'
+    assert f'File "/sandbox/main.py", line {raise_line}, in fail' in out.stderr
+    assert "KeyError: 'k'" in out.stderr and out.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("x = 1\nif x\n    pass\n", "SyntaxError: expected ':'"),
+        ("def f(:\n    pass\n", "SyntaxError"),
+        ("# coding: latin-1\nprint('\xe9')\n", None),
+    ],
+)
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_bad_sources_fail_as_under_the_bare_interpreter(
+    executors: dict[str, LocalExecutor], limits: Limits, mode: str, code: str, message: str | None
+) -> None:
+    ex = executors[mode]
+    if mode == "warm":
+        await ex.wait_warm()
+    out = await ex.execute(ExecutionRequest(code=code, language="python", limits=limits))
+    stdout, stderr, status = bare(code)
+    assert (out.stdout, out.exit_code) == (stdout, status), (out, stderr)
+    if message is not None:
+        assert message in out.stderr and message in stderr, (out.stderr, stderr)
+        # no frame of the bootstrap: the error names the program's file, as bare python
+        assert out.stderr.startswith('  File "/sandbox/main.py", line '), out.stderr
+        assert _normalise(out.stderr) == _normalise(stderr)
