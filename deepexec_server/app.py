@@ -42,7 +42,7 @@ from .jobs.models import (
 )
 from .jobs.progress import strip_progress_lines
 from .jobs.store import JobStore
-from .limits import RateLimiter, token_fingerprint
+from .limits import ConcurrencyLimiter, RateLimiter, token_fingerprint
 from .providers.base import GenerationRequest, ProviderError, ProviderNotConfigured
 from .providers.registry import ProviderRegistry
 from .runners import JobSecrets, code_runner, execution_result, text_runner
@@ -104,6 +104,8 @@ class ServerState:
     sessions: SessionManager
     limiter: RateLimiter | None
     secrets: JobSecrets
+    #: direct executions and generations in progress per token (jobs have their own cap)
+    running: ConcurrencyLimiter | None = None
     started: float = attrs.field(factory=time.monotonic)
     session_keys: dict[tuple[str | None, str], m.SessionInfo] = attrs.field(factory=dict)
 
@@ -715,12 +717,37 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 }
 
 
+#: operations that run code or a generation while the request lasts
+_RUNNING_OPS = frozenset({"code_execution", "text_generation", "text_generation_stream"})
+
+
 def _named(name: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         request["op_name"] = name
         return await handler(request)
 
-    return wrapped
+    if name not in _RUNNING_OPS:
+        return wrapped
+
+    async def capped(request: web.Request) -> web.StreamResponse:
+        running = request.app[STATE].running
+        owner = request["owner"]
+        if running is None:
+            return await wrapped(request)
+        if not running.try_acquire(owner):
+            raise ApiError(
+                "rate_limit_exceeded",
+                f"more than {running.limit} executions and generations at once for this "
+                "token; retry in 1 s (or submit jobs, which queue)",
+                details={"retry_after": 1},
+                headers={"Retry-After": "1"},
+            )
+        try:
+            return await wrapped(request)
+        finally:
+            running.release(owner)
+
+    return capped
 
 
 # ---------------------------------------------------------------------------- application
@@ -772,6 +799,9 @@ def create_app(
         sessions=sessions,
         limiter=limiter,
         secrets=job_secrets,
+        running=ConcurrencyLimiter(settings.max_running_per_token)
+        if settings.max_running_per_token > 0
+        else None,
     )
     for name, op in OPERATIONS.items():
         if op.method == "GET":  # and HEAD, as HTTP expects of every GET resource

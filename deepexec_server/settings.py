@@ -10,6 +10,7 @@
 | max_body_bytes | DEEPEXEC_SERVER_MAX_BODY_BYTES | 2 MiB | largest request body |
 | max_code_length | DEEPEXEC_SERVER_MAX_CODE_LENGTH | 100000 | longest code (<= schema maximum) |
 | max_jobs_per_token | DEEPEXEC_SERVER_MAX_JOBS_PER_TOKEN | 100 | unfinished jobs per token |
+| max_running_per_token | DEEPEXEC_SERVER_MAX_RUNNING_PER_TOKEN | 32 | direct runs per token |
 | rate_limit | DEEPEXEC_SERVER_RATE_LIMIT | 500 | requests per second per token (0 = off) |
 | rate_burst | DEEPEXEC_SERVER_RATE_BURST | 1000 | burst of the rate limit |
 | session_ttl | DEEPEXEC_SERVER_SESSION_TTL | 900 | idle seconds before a session closes |
@@ -56,6 +57,7 @@ class ServerSettings:
     max_body_bytes: int = 2 * 1024 * 1024
     max_code_length: int = 100_000
     max_jobs_per_token: int = 100
+    max_running_per_token: int = 32
     rate_limit: float = 500.0
     rate_burst: int = 1000
     session_ttl: float = 900.0
@@ -75,6 +77,7 @@ _CASTS: dict[str, Any] = {
     "max_body_bytes": int,
     "max_code_length": int,
     "max_jobs_per_token": int,
+    "max_running_per_token": int,
     "rate_limit": float,
     "rate_burst": int,
     "session_ttl": float,
@@ -109,7 +112,14 @@ def load_settings(
             shown = "<hidden>" if name == "tokens" else repr(str(raw)[:60])
             raise SettingsError(f"{source}: invalid value {shown}") from None
     settings = ServerSettings(**values)
-    for name in ("port", "max_body_bytes", "max_code_length", "max_jobs_per_token", "rate_burst"):
+    for name in (
+        "port",
+        "max_body_bytes",
+        "max_code_length",
+        "max_jobs_per_token",
+        "max_running_per_token",
+        "rate_burst",
+    ):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must not be negative")
     if not 0 <= settings.port <= 65535:

@@ -13,6 +13,7 @@ import pytest
 
 from deepexec_sdk.exceptions import MCPAuthError, MCPNotFoundError, MCPRateLimitError
 from tests.e2e.conftest import (
+    FAKE_MODEL,
     TOKEN_A,
     TOKEN_B,
     TOKEN_WRONG,
@@ -20,8 +21,10 @@ from tests.e2e.conftest import (
     ServerProcess,
     envelope,
     make_client,
+    provider_env,
     wait_until,
 )
+from tests.fakes.fake_openai_provider import FakeOpenAIServer
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +214,48 @@ async def _health_ok(srv: ServerProcess, token: str) -> bool:
         s.get(srv.url + "/v1/health", headers={"Authorization": f"Bearer {token}"}) as r,
     ):
         return r.status == 200
+
+
+# ---------------------------------------------------------------------------- running cap
+
+
+async def test_direct_runs_at_once_are_capped_per_token(
+    module_servers: ServerPool, fake: FakeOpenAIServer
+) -> None:
+    srv = module_servers.start(
+        tokens=[TOKEN_A, TOKEN_B],
+        env={
+            "DEEPEXEC_SERVER_MAX_RUNNING_PER_TOKEN": "2",
+            "DEEPEXEC_SERVER_RATE_LIMIT": "0",
+            **provider_env(fake),
+        },
+    )
+    fake.chunk_delay = 0.2
+    words = "one two three four five six seven eight".split()
+    async with (
+        make_client(srv, api_key=TOKEN_A, max_retries=0) as a,
+        make_client(srv, api_key=TOKEN_B, max_retries=0) as b,
+    ):
+        # two streamed generations hold A's two slots while they last
+        streams = [
+            await a.generate_text_stream(" ".join(words), model=FAKE_MODEL) for _ in range(2)
+        ]
+        pieces = [aiter(st) for st in streams]
+        assert all([await anext(it) for it in pieces])  # both under way
+        with pytest.raises(MCPRateLimitError) as over:
+            await a.execute_code_and_wait("print('third')", "python")
+        assert over.value.http_status == 429 and over.value.retry_after == 1
+        assert "2 executions and generations at once" in str(over.value)
+        with pytest.raises(MCPRateLimitError):
+            await a.generate_text_and_wait("x", model=FAKE_MODEL)
+        # the cap is A's alone, and jobs (which queue) are not refused
+        assert (await b.execute_code_and_wait("print('B')", "python")).stdout == "B\n"
+        job = await a.execute_code_job("print('queued')", "python")
+        for st, it in zip(streams, pieces, strict=True):
+            async for _ in it:
+                pass
+            assert st.result is not None and st.result.text.startswith("Echo: one two")
+        # the slots are free again
+        assert (await a.execute_code_and_wait("print('again')", "python")).stdout == "again\n"
+        done = await a.get_code_execution_result(job.job_id, max_wait_time=30)
+        assert done.stdout == "queued\n"
