@@ -95,6 +95,12 @@ def main() -> None:
     multiple=True,
     help="An API token clients must send as Bearer (repeatable).",
 )
+@click.option(
+    "--tokens-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A file of API tokens, one per line (keeps them out of ps).",
+)
 @click.option("--concurrency", type=int, default=None, help="Jobs run at once [cores].")
 @click.option(
     "--sandbox",

@@ -6,6 +6,7 @@
 | port | DEEPEXEC_SERVER_PORT | 8787 | TCP port (0 = any free port) |
 | state_dir | DEEPEXEC_SERVER_STATE_DIR | ./.deepexec-state | job database, session dirs |
 | tokens | DEEPEXEC_SERVER_TOKENS | (none) | comma-separated API tokens; none = open server |
+| tokens_file | DEEPEXEC_SERVER_TOKENS_FILE | (none) | file of more tokens, one per line |
 | concurrency | DEEPEXEC_SERVER_CONCURRENCY | number of cores | jobs run at once |
 | max_body_bytes | DEEPEXEC_SERVER_MAX_BODY_BYTES | 2 MiB | largest request body |
 | max_code_length | DEEPEXEC_SERVER_MAX_CODE_LENGTH | 100000 | longest code (<= schema maximum) |
@@ -53,6 +54,9 @@ class ServerSettings:
     port: int = 8787
     state_dir: Path = Path(".deepexec-state")
     tokens: frozenset[str] = attrs.field(factory=frozenset, repr=_tokens_repr)
+    #: a file of more tokens, one per line (blank lines and ``#`` comments ignored): keeps
+    #: them off the command line, where any user of the machine can read them (``ps``)
+    tokens_file: Path | None = None
     concurrency: int = attrs.field(factory=lambda: os.cpu_count() or 1)
     max_body_bytes: int = 2 * 1024 * 1024
     max_code_length: int = 100_000
@@ -73,6 +77,7 @@ _CASTS: dict[str, Any] = {
     "port": int,
     "state_dir": Path,
     "tokens": lambda v: frozenset(t.strip() for t in str(v).split(",") if t.strip()),
+    "tokens_file": Path,
     "concurrency": int,
     "max_body_bytes": int,
     "max_code_length": int,
@@ -89,6 +94,19 @@ _CASTS: dict[str, Any] = {
     ),
     "warm_pool": int,
 }
+
+
+def _read_tokens_file(path: Path) -> frozenset[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise SettingsError(f"tokens_file {str(path)!r}: cannot read it ({reason})") from None
+    lines = (line.strip() for line in text.splitlines())
+    tokens = frozenset(line for line in lines if line and not line.startswith("#"))
+    if not tokens:
+        raise SettingsError(f"tokens_file {str(path)!r} holds no token")
+    return tokens
 
 
 def load_settings(
@@ -112,6 +130,10 @@ def load_settings(
             shown = "<hidden>" if name == "tokens" else repr(str(raw)[:60])
             raise SettingsError(f"{source}: invalid value {shown}") from None
     settings = ServerSettings(**values)
+    if settings.tokens_file is not None:
+        settings = attrs.evolve(
+            settings, tokens=settings.tokens | _read_tokens_file(settings.tokens_file)
+        )
     for name in (
         "port",
         "max_body_bytes",
