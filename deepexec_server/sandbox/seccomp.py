@@ -16,6 +16,9 @@ System calls                Why
 ``bpf``, ``perf_event_open``,  large, historically vulnerable kernel surfaces
 ``userfaultfd``,
 ``io_uring_*``
+``ptrace``,                 reading or steering another process of the sandbox (its
+``process_vm_readv``,       bubblewrap init runs as the same uid): nothing a program run
+``process_vm_writev``       here needs
 ==========================  ================================================================
 
 System calls of a foreign ABI (i386 via ``int 0x80``, x32 on x86-64) fail with
@@ -47,6 +50,7 @@ _TABLES: dict[str, tuple[int, dict[str, int]]] = {
         0xC000003E,
         {
             "shmget": 29,
+            "ptrace": 101,
             "msgget": 68,
             "add_key": 248,
             "request_key": 249,
@@ -57,6 +61,8 @@ _TABLES: dict[str, tuple[int, dict[str, int]]] = {
             "userfaultfd": 323,
             "io_uring_setup": 425,
             "io_uring_enter": 426,
+            "process_vm_readv": 310,
+            "process_vm_writev": 311,
             "io_uring_register": 427,
             "memfd_secret": 447,
         },
@@ -64,12 +70,15 @@ _TABLES: dict[str, tuple[int, dict[str, int]]] = {
     "aarch64": (
         0xC00000B7,
         {
+            "ptrace": 117,
             "msgget": 186,
             "shmget": 194,
             "add_key": 217,
             "request_key": 218,
             "keyctl": 219,
             "perf_event_open": 241,
+            "process_vm_readv": 270,
+            "process_vm_writev": 271,
             "memfd_create": 279,
             "bpf": 280,
             "userfaultfd": 282,

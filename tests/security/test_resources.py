@@ -140,17 +140,35 @@ async def test_ptrace_cannot_reach_outside(executor: LocalExecutor, limits: Limi
         "res['pid1'] = open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode()\n"
         "res['pid1_fds'] = sorted(os.readlink(f'/proc/1/fd/{fd}').split(':')[0] "
         "for fd in os.listdir('/proc/1/fd'))\n"
+        "r = libc.ptrace(PTRACE_ATTACH, 1, 0, 0)\n"
+        "res['attach_pid1'] = (r, ctypes.get_errno())\n"
+        "child = os.fork()\n"
+        "if child == 0:\n    import time; time.sleep(5); os._exit(0)\n"
+        "r = libc.ptrace(PTRACE_ATTACH, child, 0, 0)\n"
+        "res['attach_child'] = (r, ctypes.get_errno())\n"
+        "buf = ctypes.create_string_buffer(8)\n"
+        "class iovec(ctypes.Structure):\n"
+        "    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n"
+        "iov = iovec(ctypes.cast(buf, ctypes.c_void_p), 8)\n"
+        "r = libc.process_vm_readv(child, ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0)\n"
+        "res['vm_read_child'] = (r, ctypes.get_errno())\n"
+        "os.kill(child, 9); os.waitpid(child, 0)\n"
         "print(json.dumps(res))\n"
     )
     out = await executor.execute(req(code, limits, env={"SERVER_PID": str(os.getpid())}))
     res = json.loads(out.stdout)
-    assert res["server"] == [-1, 3]  # ESRCH: the server's pid does not exist in there
+    # EPERM: ptrace is refused outright (seccomp); the server's pid is not even visible
+    # in there either (test_signals_cannot_reach_the_server)
+    assert res["server"] == [-1, 1]
     # "pid 1" is the sandbox's own bubblewrap init (same unprivileged uid): tracing it
     # gains nothing; it holds no descriptor to anything outside.
     assert res["pid1"] == "/usr/bin/bwrap"
     assert set(res["pid1_fds"]) <= {"pipe", "anon_inode", "/dev/null"}, res
     assert all(line.split()[1] == "0000000000000000" for line in res["caps"]), res
     assert res["nnp"] and res["seccomp"]
+    # and no process of the sandbox can be traced or read by another (seccomp: EPERM)
+    assert res["attach_pid1"] == [-1, 1] and res["attach_child"] == [-1, 1], res
+    assert res["vm_read_child"] == [-1, 1], res
     await still_works(executor, limits)
 
 
