@@ -43,7 +43,7 @@ from .launcher import RLIMIT_CODES, build_launcher
 from .process import (
     Launch,
     Spawned,
-    compile_failure,
+    compile_and_run,
     control_channel,
     env_payload,
     run_outcome,
@@ -184,54 +184,38 @@ class SubprocessExecutor(Executor):
         }
         stdin = req.stdin.encode("utf-8", "surrogateescape") if req.stdin is not None else None
         limits = req.limits
-        compile_output: str | None = None
         if spec.compiled:
             assert spec.compile_argv is not None
             write_new_file(tmp / C_INIT_NAME, C_INIT_SOURCE.encode())
             command = spec.compile_argv(str(program), str(tmp / C_INIT_NAME), str(tmp / "main"))
-            sp = self._spawn(command, env, work, spec, limits)
-            raw = await supervise(
-                sp,
-                stdin=None,
-                timeout=limits.timeout,
-                max_output=limits.max_output,
-                on_output=None,
-                t0=time.monotonic(),
+            return await compile_and_run(
+                lambda: self._spawn(command, env, work, spec, limits),
+                lambda: self._spawn([str(tmp / "main")], {**env, **req.env}, work, spec, limits),
+                limits=limits,
+                stdin=stdin,
+                on_output=on_output,
+                via_bwrap=False,
             )
-            if raw.timed_out or raw.wait_status != 0:
-                return compile_failure(raw, via_bwrap=False)
-            compile_output = raw.stdout + raw.stderr
+        assert spec.bootstrap is not None
+        ctl_r, ctl = control_channel()
+        try:
+            command = spec.bootstrap(ctl_r, str(program), str(work), limits.memory)
             t0 = time.monotonic()
-            sp = self._spawn([str(tmp / "main")], {**env, **req.env}, work, spec, limits)
-            raw = await supervise(
-                sp,
-                stdin=stdin,
-                timeout=limits.timeout,
-                max_output=limits.max_output,
-                on_output=on_output,
-                t0=t0,
-            )
-        else:
-            assert spec.bootstrap is not None
-            ctl_r, ctl = control_channel()
-            try:
-                command = spec.bootstrap(ctl_r, str(program), str(work), limits.memory)
-                t0 = time.monotonic()
-                sp = self._spawn(command, env, work, spec, limits, pass_fds=[ctl_r], control=ctl)
-            finally:
-                os.close(ctl_r)
-            payload = env_payload(req.env)
+            sp = self._spawn(command, env, work, spec, limits, pass_fds=[ctl_r], control=ctl)
+        finally:
+            os.close(ctl_r)
+        payload = env_payload(req.env)
 
-            async def go() -> None:
-                await send_control(sp, payload)
+        async def go() -> None:
+            await send_control(sp, payload)
 
-            raw = await supervise(
-                sp,
-                stdin=stdin,
-                timeout=limits.timeout,
-                max_output=limits.max_output,
-                on_output=on_output,
-                t0=t0,
-                before_io=go,
-            )
-        return run_outcome(raw, via_bwrap=False, compile_output=compile_output)
+        raw = await supervise(
+            sp,
+            stdin=stdin,
+            timeout=limits.timeout,
+            max_output=limits.max_output,
+            on_output=on_output,
+            t0=t0,
+            before_io=go,
+        )
+        return run_outcome(raw, via_bwrap=False, compile_output=None)

@@ -169,7 +169,7 @@ from .process import (
     Launch,
     RawResult,
     Spawned,
-    compile_failure,
+    compile_and_run,
     control_channel,
     env_payload,
     run_outcome,
@@ -1322,31 +1322,17 @@ class LocalExecutor(Executor):
         command = spec.compile_argv(
             f"/sandbox/main.{spec.file_extension}", f"/sandbox/{C_INIT_NAME}", "/sandbox/main"
         )
-        cmd = self._command(box, limits, command, writable_prog=True)
-        sp = self._start(box, cmd)
-        raw = await supervise(
-            sp,
-            stdin=None,
-            timeout=limits.timeout,
-            max_output=limits.max_output,
-            on_output=None,
-            t0=time.monotonic(),
-        )
-        if raw.timed_out or raw.wait_status != 0:
-            return compile_failure(raw, via_bwrap=True)
-        compile_output = raw.stdout + raw.stderr
-        cmd = self._command(box, limits, ["/sandbox/main"], writable_prog=False, env=req.env)
-        t0 = time.monotonic()
-        sp = self._start(box, cmd)
-        raw = await supervise(
-            sp,
+        return await compile_and_run(
+            lambda: self._start(box, self._command(box, limits, command, writable_prog=True)),
+            lambda: self._start(
+                box,
+                self._command(box, limits, ["/sandbox/main"], writable_prog=False, env=req.env),
+            ),
+            limits=limits,
             stdin=stdin,
-            timeout=limits.timeout,
-            max_output=limits.max_output,
             on_output=on_output,
-            t0=t0,
+            via_bwrap=True,
         )
-        return run_outcome(raw, via_bwrap=True, compile_output=compile_output)
 
     async def release_workdir(self, workdir: Path) -> None:
         """Unmount a session dir's quota tmpfs (the session is over; its files are gone,

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from attrs import define
 
-from .base import ExecutionOutcome, OutputCallback
+from .base import ExecutionOutcome, Limits, OutputCallback
 
 __all__ = [
     "Launch",
@@ -632,3 +632,41 @@ def compile_failure(raw: RawResult, *, via_bwrap: bool) -> ExecutionOutcome:
         memory_usage=raw.max_rss,
         compile_output=compile_output,
     )
+
+
+async def compile_and_run(
+    compile_step: Callable[[], Spawned],
+    run_step: Callable[[], Spawned],
+    *,
+    limits: Limits,
+    stdin: bytes | None,
+    on_output: OutputCallback | None,
+    via_bwrap: bool,
+) -> ExecutionOutcome:
+    """A compiled language: start ``compile_step`` and wait for it; if it failed, that is
+    the outcome (nothing runs); else start ``run_step`` (timed from its start, with the
+    caller's stdin and output callback) and return its outcome with the compiler's
+    messages as ``compile_output``."""
+    sp = compile_step()
+    raw = await supervise(
+        sp,
+        stdin=None,
+        timeout=limits.timeout,
+        max_output=limits.max_output,
+        on_output=None,
+        t0=time.monotonic(),
+    )
+    if raw.timed_out or raw.wait_status != 0:
+        return compile_failure(raw, via_bwrap=via_bwrap)
+    compile_output = raw.stdout + raw.stderr
+    t0 = time.monotonic()
+    sp = run_step()
+    raw = await supervise(
+        sp,
+        stdin=stdin,
+        timeout=limits.timeout,
+        max_output=limits.max_output,
+        on_output=on_output,
+        t0=t0,
+    )
+    return run_outcome(raw, via_bwrap=via_bwrap, compile_output=compile_output)
