@@ -160,6 +160,42 @@ async def test_active_job_limit_is_enforced_per_owner(store: JobStore) -> None:
     assert await store.count_active("alice") == 2
 
 
+async def test_a_submit_costs_the_same_however_many_finished_jobs_the_owner_has(
+    store: JobStore,
+) -> None:
+    """The active-job limit counts the unfinished jobs only: the SQLite work of an insert
+    (counted in virtual-machine steps, not time) does not grow with the owner's history."""
+    conn = store._connection()
+
+    async def steps_of_one_insert() -> int:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        conn.set_progress_handler(count, 1)
+        try:
+            await store.insert(job(), max_active_per_owner=10, start=True)
+        finally:
+            conn.set_progress_handler(None, 1)
+        return steps
+
+    async def finish_many(n: int) -> None:
+        for _ in range(n):
+            record, _ = await store.insert(job(), start=True)
+            await store.complete(record.job_id, {"ok": True})
+
+    await finish_many(20)
+    few = await steps_of_one_insert()
+    await finish_many(1000)
+    many = await steps_of_one_insert()
+
+    assert await store.count_active("alice") == 2
+    assert many < few * 1.2, (few, many)
+
+
 async def test_pagination_is_stable_and_filtered(tmp_path: Path) -> None:
     clock = Clock()
     store = await JobStore.open_in(tmp_path, clock=clock)
