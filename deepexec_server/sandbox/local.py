@@ -174,6 +174,7 @@ from .process import (
     env_payload,
     run_outcome,
     send_control,
+    send_what_fits,
     start,
     supervise,
 )
@@ -1254,14 +1255,7 @@ class LocalExecutor(Executor):
                     # starts: no event-loop round trip (the bootstrap reads exactly the
                     # same bytes); the rest, if any, once the pipes are being read.
                     assert pending is not None
-                    ctl.setblocking(False)
-                    try:
-                        pending = pending[ctl.send(pending) :] if pending else pending
-                    except BlockingIOError:
-                        pass
-                    if not pending:
-                        ctl.shutdown(socket.SHUT_WR)
-                        pending = None
+                    pending = send_what_fits(ctl, pending)
                     assert spec.bootstrap is not None
                     command = spec.bootstrap(ctl_r, f"/sandbox/{program}", "/work", limits.memory)
                     cmd = self._command(box, limits, command, writable_prog=False)
@@ -1277,6 +1271,13 @@ class LocalExecutor(Executor):
             else:
                 sp = box.sp
                 t0 = time.monotonic()
+                # The waiting interpreter starts the program as soon as its control data
+                # is there: send what the socket takes now, before any await (the pipes
+                # hold the program's first output until they are read; an await here
+                # would let other work of the event loop run first).
+                if sp.control is not None:
+                    assert pending is not None
+                    pending = send_what_fits(sp.control, pending)
 
             async def go() -> None:
                 assert pending is not None

@@ -461,6 +461,21 @@ async def _open_writer(fd: int, data: bytes) -> asyncio.WriteTransport:
     return transport
 
 
+def send_what_fits(sock: socket.socket, payload: bytes) -> bytes | None:
+    """Send what of ``payload`` the socket's buffer takes now, without blocking; then EOF
+    (``shutdown(SHUT_WR)``) if that was all. Returns the rest (None: all sent)."""
+    sock.setblocking(False)
+    if payload:
+        try:
+            payload = payload[sock.send(payload) :]
+        except BlockingIOError:
+            return payload
+        if payload:
+            return payload
+    sock.shutdown(socket.SHUT_WR)
+    return None
+
+
 async def send_control(sp: Spawned, payload: bytes) -> None:
     """Send the control payload to the child, then EOF (``shutdown(SHUT_WR)``)."""
     sock = sp.control
