@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from .exceptions import (
     MCPConnectionError,
     MCPError,
     MCPNotFoundError,
+    MCPProtocolError,
     MCPTimeoutError,
     MCPValidationError,
 )
@@ -61,6 +63,48 @@ def _new_idempotency_key() -> str:
     cost (it is made on every POST): 122 random bits, version 4, RFC 4122 variant."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: at most this many submit_job_stream streams are held for a later wait (the oldest is
+#: closed beyond it; a wait for its job then opens the job's event stream)
+_MAX_FOLLOWERS = 8
+
+
+async def _open_submit_stream(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    *,
+    headers: Mapping[str, str] | None,
+    timeout: float,
+    body: m.SubmitJobRequest,
+) -> tuple[m.JobSubmitted, AsyncIterator[Any]]:
+    """Submit through submit_job_stream: (the accepted job, the open stream of its events
+    after the job_submitted_event). Raises like submit_job when the job is not accepted."""
+    events = ops.submit_job_stream.stream(
+        session,
+        endpoint,
+        body=body,
+        headers=headers,
+        # the server sends a comment every 15 s on an idle stream
+        timeout=max(timeout, _STREAM_IDLE_LIMIT),
+    )
+    first = await anext(aiter(events))
+    if not isinstance(first, m.JobSubmittedEvent):
+        await _close_events(events)
+        raise MCPProtocolError(
+            f"submit_job_stream began with {first.type!r}, not job_submitted_event"
+        )
+    return first.job, events
+
+
+async def _close_events(events: AsyncIterator[Any]) -> None:
+    """Close an event stream (and its connection), whatever state it is in."""
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # noqa: BLE001 - a broken stream is closed all the same
+            logger.debug("closing an event stream failed", exc_info=True)
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
@@ -141,6 +185,10 @@ class DeepExecAsyncClient:
         self._session: aiohttp.ClientSession | None = None
         self._base_headers = self._make_headers()
         self._events_supported = True
+        self._submit_stream_supported = True
+        #: open submit_job_stream streams no one waits on yet, by job id (oldest first):
+        #: a wait for such a job reads it instead of opening the job's event stream
+        self._followers: OrderedDict[str, AsyncIterator[Any]] = OrderedDict()
         self._closed = False
         self._secrets = tuple(
             secret
@@ -178,15 +226,15 @@ class DeepExecAsyncClient:
             connector = aiohttp.TCPConnector(ssl=self._config.verify_ssl)
             # the client's fixed headers (user agent, token, provider keys) are the
             # session's defaults; a call adds only its Idempotency-Key
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._base_headers
-            )
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._base_headers)
         return self._session
 
     async def close(self) -> None:
         """Close the HTTP connections (idempotent). The client can not be used afterwards:
         its calls raise MCPError."""
         self._closed = True
+        while self._followers:
+            await _close_events(self._followers.popitem()[1])
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
@@ -257,7 +305,11 @@ class DeepExecAsyncClient:
         logging is on, so a call that succeeds pays nothing for them.
         """
         op = OPERATIONS[name]
-        headers = {"Idempotency-Key": _new_idempotency_key()} if op.method == "POST" else None
+        if op.method != "POST":
+            headers = None
+        else:
+            key = kwargs.pop("idempotency_key", None) or _new_idempotency_key()
+            headers = {"Idempotency-Key": key}
         session = self._http()
         limit = self._config.timeout if timeout is None else timeout
         try:
@@ -919,7 +971,32 @@ class DeepExecAsyncClient:
         expected = m.CodeExecutionInput if job_type == "code_execution" else m.TextGenerationInput
         _validated(job_data, expected, "input.data.")  # data must match its job type
         body = _validated(self._envelope("submit_job", payload, session_id), m.SubmitJobRequest)
-        return await self._call("submit_job", ops.submit_job.asyncio, body=body)
+        if not self._submit_stream_supported or not self._events_supported:
+            return await self._call("submit_job", ops.submit_job.asyncio, body=body)
+        # submit_job_stream: the answer, then the job's events on the same connection, held
+        # for a later wait (which then needs no second request)
+        key = _new_idempotency_key()
+        try:
+            job, events = await self._call(
+                "submit_job_stream", _open_submit_stream, body=body, idempotency_key=key
+            )
+        except MCPError as exc:
+            if not _no_such_endpoint(exc):
+                raise
+            # a server without submit_job_stream (or no such session: then submit_job
+            # says so too); the same key, so a job the stream made is not made twice
+            job = await self._call(
+                "submit_job", ops.submit_job.asyncio, body=body, idempotency_key=key
+            )
+            self._submit_stream_supported = False
+            return job
+        stale = self._followers.pop(job.job_id, None)
+        self._followers[job.job_id] = events
+        if stale is not None:
+            await _close_events(stale)
+        while len(self._followers) > _MAX_FOLLOWERS:
+            await _close_events(self._followers.popitem(last=False)[1])
+        return job
 
     async def get_job_status(self, job_id: str) -> m.JobStatus:
         """Everything known about job ``job_id`` now (status, progress, result, error).
@@ -1061,9 +1138,13 @@ class DeepExecAsyncClient:
     ) -> m.JobStatus:
         retryable = self._retry_checks["job_events"]
         backoff = _POLL_START
+        if poll_interval is not None:
+            held = self._followers.pop(job_id, None)
+            if held is not None:
+                await _close_events(held)
         while self._events_supported and poll_interval is None:
             try:
-                async for event in self.job_events(job_id):
+                async for event in self._follow(job_id):
                     backoff = _POLL_START  # the stream works: a later cut reconnects at once
                     if isinstance(event, (m.JobStatusEvent, m.JobProgressEvent)):
                         await tracker.update(event.progress)
@@ -1096,6 +1177,12 @@ class DeepExecAsyncClient:
             await asyncio.sleep(interval)
             if poll_interval is None:
                 interval = min(interval * 1.5, _POLL_MAX)
+
+    def _follow(self, job_id: str) -> AsyncIterator[m.JobEvent]:
+        """The job's events from now on: the stream its submit left open, if this client
+        holds one (all events since the submit, then on), else :meth:`job_events`."""
+        held = self._followers.pop(job_id, None)
+        return self.job_events(job_id) if held is None else self._scrubbing(held)
 
     def job_events(self, job_id: str) -> AsyncIterator[m.JobEvent]:
         """The job's events as they happen: its current state first, then every status,

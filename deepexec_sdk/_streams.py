@@ -94,14 +94,14 @@ class ExecutionStream:
             # this stream has already yielded
             skip = dict(seen)
             try:
-                async for event in self._client.job_events(self.job_id):
+                async for event in self._client._follow(self.job_id):
                     if isinstance(event, m.JobOutputEvent):
                         name = event.stream.value
                         if skip[name] >= len(event.data):
                             skip[name] -= len(event.data)
                             continue
                         if skip[name]:
-                            event = attrs.evolve(event, data=event.data[skip[name]:])
+                            event = attrs.evolve(event, data=event.data[skip[name] :])
                             skip[name] = 0
                         seen[name] += len(event.data)
                         failures = 0

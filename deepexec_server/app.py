@@ -32,7 +32,7 @@ from deepexec_protocol import models as m
 from deepexec_protocol.constants import ERROR_CODES, OPERATIONS, Operation
 
 from . import __version__
-from .jobs.manager import JobManager
+from .jobs.manager import EventStream, JobManager
 from .jobs.models import (
     IdempotencyConflict,
     InvalidCursor,
@@ -562,10 +562,15 @@ async def _relay(request: web.Request, events: AsyncIterator[Any]) -> web.Stream
     return response
 
 
-async def submit_job(request: web.Request) -> web.Response:
+async def _accept_job(
+    request: web.Request, operation: str
+) -> tuple[m.JobSubmitted, EventStream | None]:
+    """Validate and store the job a submit request carries (submit_job and
+    submit_job_stream alike); the same Idempotency-Key returns the same job. For
+    submit_job_stream, also the job's event stream."""
     state = request.app[STATE]
     raw = await request.read() if request.can_read_body else b""
-    body = await read_request(request, OPERATIONS["submit_job"], m.SubmitJobRequest)
+    body = await read_request(request, OPERATIONS[operation], m.SubmitJobRequest)
     inp = body.input
     if inp.job_type == m.JobType.CODE_EXECUTION:
         if not isinstance(inp.data, m.CodeExecutionInput):
@@ -599,6 +604,7 @@ async def submit_job(request: web.Request) -> web.Response:
             session_id=body.session_id,
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             fingerprint=hashlib.sha256(raw).hexdigest(),
+            follow=operation == "submit_job_stream",
         )
     except IdempotencyConflict as exc:
         raise ApiError("conflict", str(exc)) from None
@@ -607,15 +613,31 @@ async def submit_job(request: web.Request) -> web.Response:
     job = submitted.job
     if submitted.created:
         state.secrets.remember(job.job_id, request.headers)
-    return success(
-        "submit_job",
-        request,
-        m.JobSubmitted(
-            job_id=job.job_id,
-            status=m.JobState(job.status.value),
-            created_at=job.to_status_dict()["created_at"],
-        ),
+    accepted = m.JobSubmitted(
+        job_id=job.job_id,
+        status=m.JobState(job.status.value),
+        created_at=job.to_status_dict()["created_at"],
     )
+    return accepted, submitted.stream
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    job, _ = await _accept_job(request, "submit_job")
+    return success("submit_job", request, job)
+
+
+async def submit_job_stream(request: web.Request) -> web.StreamResponse:
+    """submit_job, then the job's events on the same connection (as job_events sends
+    them): a client that waits for the job needs no second request."""
+    job, stream = await _accept_job(request, "submit_job_stream")
+    assert stream is not None  # asked for with follow
+
+    async def events() -> AsyncIterator[Any]:
+        yield m.JobSubmittedEvent(job=job)
+        async for event in stream:
+            yield structure(event, m.JobEvent)  # type: ignore[arg-type]
+
+    return await _follow(request, stream, events())
 
 
 def _job_id(request: web.Request) -> str:
@@ -694,11 +716,20 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         raise ApiError("not_found", f"no job {job_id}") from None
 
     async def events() -> AsyncIterator[Any]:
-        async with stream:
-            async for event in stream:
-                yield structure(event, m.JobEvent)  # type: ignore[arg-type]
+        async for event in stream:
+            yield structure(event, m.JobEvent)  # type: ignore[arg-type]
 
-    return await _relay(request, events())
+    return await _follow(request, stream, events())
+
+
+async def _follow(
+    request: web.Request, stream: EventStream, events: AsyncIterator[Any]
+) -> web.StreamResponse:
+    """Relay a job's events; the subscription ends with the response, however it ends."""
+    try:
+        return await _relay(request, events)
+    finally:
+        await stream.aclose()
 
 
 HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
@@ -710,6 +741,7 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "text_generation": text_generation,
     "text_generation_stream": text_generation_stream,
     "submit_job": submit_job,
+    "submit_job_stream": submit_job_stream,
     "job_status": job_status,
     "cancel_job": cancel_job,
     "list_jobs": list_jobs,

@@ -123,6 +123,8 @@ class SubmitResult:
 
     job: JobRecord
     created: bool
+    #: with ``follow``: the job's event stream, from its state when it was stored
+    stream: EventStream | None = None
 
 
 def _status_event(job_id: str, status: JobStatus, progress: int) -> dict[str, Any]:
@@ -484,8 +486,12 @@ class JobManager:
         session_id: str | None = None,
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
+        follow: bool = False,
     ) -> SubmitResult:
         """Queue a job (durably) and wake a worker.
+
+        With ``follow``, the result carries an event stream of the job (as
+        :meth:`subscribe` opens), registered before the job can change: no store read.
 
         Raises :class:`UnknownJobType`, :class:`IdempotencyConflict`,
         :class:`TooManyActiveJobs` (see :meth:`JobStore.insert`).
@@ -509,18 +515,27 @@ class JobManager:
             max_active_per_owner=self._max_active_per_owner,
             start=not self._stopping and self._idle_workers > len(self._handed_off),
         )
-        if created:
-            if record.status is JobStatus.RUNNING:
-                live = self._begin(record)
-                assert live is not None  # job_type was checked above
-                self._handed_off.append(live)
-                self._wakeup.set()
-                # let the runner take its first steps (start the program) before the
-                # caller goes on answering the request
-                await asyncio.sleep(0)
-            else:
-                self._wakeup.set()
-        return SubmitResult(job=self._overlay(record), created=created)
+        if not created:
+            stream = await self.subscribe(record.job_id, owner) if follow else None
+            return SubmitResult(job=self._overlay(record), created=False, stream=stream)
+        stream = None
+        if record.status is JobStatus.RUNNING:
+            live = self._begin(record)
+            assert live is not None  # job_type was checked above
+            self._handed_off.append(live)
+            self._wakeup.set()
+            if follow:  # no await since _begin: nothing happened to the job meanwhile
+                stream = self._register(record.job_id, self._max_buffered_output)
+                stream._push_snapshot(record, 0, [])
+            # let the runner take its first steps (start the program) before the
+            # caller goes on answering the request
+            await asyncio.sleep(0)
+        else:
+            if follow:
+                stream = self._register(record.job_id, self._max_buffered_output)
+                stream._push_snapshot(record, 0, [])
+            self._wakeup.set()
+        return SubmitResult(job=self._overlay(record), created=True, stream=stream)
 
     async def get(self, job_id: str, owner: str | None) -> JobRecord | None:
         """The job's current state (``None`` if not found for this owner)."""
@@ -559,17 +574,12 @@ class JobManager:
         self, job_id: str, owner: str | None, *, max_buffered_output_chars: int | None = None
     ) -> EventStream:
         """Open an event stream for a job; raises :class:`JobNotFound` up front."""
-        stream = EventStream(
+        stream = self._register(
             job_id,
             max_buffered_output_chars
             if max_buffered_output_chars is not None
             else self._max_buffered_output,
-            self._unsubscribe,
         )
-        if self._stopping:
-            stream._seal()
-        else:
-            self._subscribers.setdefault(job_id, set()).add(stream)
         try:
             # Read the state only after registering: whatever changes from here on is
             # also delivered to the stream, so nothing falls between snapshot and events.
@@ -587,6 +597,16 @@ class JobManager:
         return stream
 
     # -- internals: events --------------------------------------------------------------
+
+    def _register(self, job_id: str, max_buffered_output_chars: int) -> EventStream:
+        """A new event stream of ``job_id``, receiving whatever is published from now on
+        (sealed at once while the manager stops)."""
+        stream = EventStream(job_id, max_buffered_output_chars, self._unsubscribe)
+        if self._stopping:
+            stream._seal()
+        else:
+            self._subscribers.setdefault(job_id, set()).add(stream)
+        return stream
 
     def _unsubscribe(self, stream: EventStream) -> None:
         streams = self._subscribers.get(stream.job_id)
@@ -626,8 +646,13 @@ class JobManager:
             chunks = [("stdout", result.get("stdout")), ("stderr", result.get("stderr"))]
         stamp = rfc3339(record.finished_at or utc_now())
         return [
-            {"type": "job_output_event", "job_id": record.job_id, "stream": stream,
-             "data": text, "timestamp": stamp}
+            {
+                "type": "job_output_event",
+                "job_id": record.job_id,
+                "stream": stream,
+                "data": text,
+                "timestamp": stamp,
+            }
             for stream, text in chunks
             if isinstance(text, str) and text
         ]

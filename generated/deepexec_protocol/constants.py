@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 __all__ = ["ERROR_CODES", "OPERATIONS", "PROTOCOL_VERSION", "ErrorCodeInfo", "Operation"]
 
-PROTOCOL_VERSION = "2024.1"
+PROTOCOL_VERSION = "2024.2"
 """The protocol version this package speaks."""
 
 
@@ -145,6 +145,19 @@ OPERATIONS: dict[str, Operation] = {
         path_params=(),
         query=None,
         stream_terminal=(),
+    ),
+    "submit_job_stream": Operation(
+        name="submit_job_stream",
+        method="POST",
+        path="/v1/jobs/stream",
+        request="SubmitJobRequest",
+        response=None,
+        stream_event="SubmitJobStreamEvent",
+        idempotent=True,
+        idempotency_key=True,
+        path_params=(),
+        query=None,
+        stream_terminal=("job_result_event", "stream_error"),
     ),
     "job_status": Operation(
         name="job_status",

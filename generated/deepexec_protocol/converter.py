@@ -229,6 +229,11 @@ _MODELS: dict[Any, _ModelSpec] = {
         optional=frozenset(()),
         renames={},
     ),
+    m.JobSubmittedEvent: _ModelSpec(
+        strict=False,
+        optional=frozenset(()),
+        renames={},
+    ),
     m.LanguageInfo: _ModelSpec(
         strict=False,
         optional=frozenset(()),
@@ -383,6 +388,18 @@ def _build_diagnostic() -> cattrs.Converter:
         {
             "code_execution_result": m.CodeExecutionResult,
             "text_generation_result": m.TextGenerationResult,
+        },
+    )
+    _register_union(
+        conv,
+        m.SubmitJobStreamEvent,
+        {
+            "job_submitted_event": m.JobSubmittedEvent,
+            "job_status_event": m.JobStatusEvent,
+            "job_progress_event": m.JobProgressEvent,
+            "job_output_event": m.JobOutputEvent,
+            "job_result_event": m.JobResultEvent,
+            "stream_error": m.StreamError,
         },
     )
     _register_union(
@@ -781,6 +798,8 @@ _A_JobSubmitted__created_at = _F_JobSubmitted.created_at
 _set_JobSubmitted__job_id = _slot_setter(m.JobSubmitted, "job_id")
 _set_JobSubmitted__status = _slot_setter(m.JobSubmitted, "status")
 _set_JobSubmitted__created_at = _slot_setter(m.JobSubmitted, "created_at")
+_set_JobSubmittedEvent__type = _slot_setter(m.JobSubmittedEvent, "type")
+_set_JobSubmittedEvent__job = _slot_setter(m.JobSubmittedEvent, "job")
 _F_LanguageInfo = attrs.fields(m.LanguageInfo)
 _A_LanguageInfo__id = _F_LanguageInfo.id
 _set_LanguageInfo__id = _slot_setter(m.LanguageInfo, "id")
@@ -2288,6 +2307,28 @@ def _u_JobSubmitted(o: m.JobSubmitted) -> dict[str, Any]:
     return d
 
 
+def _s_JobSubmittedEvent(d: Any, _: Any = None) -> m.JobSubmittedEvent:
+    if d.__class__ is not dict and not isinstance(d, Mapping):
+        raise _type_error("an object", d)
+    o = _new(m.JobSubmittedEvent)
+    v = d.get("type", "job_submitted_event")
+    if v != "job_submitted_event":
+        raise ValueError(f"expected job_submitted_event, got {v!r:.40}")
+    _set_JobSubmittedEvent__type(o, v)
+    v = d["job"]
+    v = _s_JobSubmitted(v)
+    _set_JobSubmittedEvent__job(o, v)
+    return o
+
+
+def _u_JobSubmittedEvent(o: m.JobSubmittedEvent) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "type": o.type,
+        "job": _u_JobSubmitted(o.job),
+    }
+    return d
+
+
 def _s_LanguageInfo(d: Any, _: Any = None) -> m.LanguageInfo:
     if d.__class__ is not dict and not isinstance(d, Mapping):
         raise _type_error("an object", d)
@@ -3226,6 +3267,17 @@ _s_JobResult, _s_optional_JobResult = _tagged_union(
     }
 )
 
+_s_SubmitJobStreamEvent, _s_optional_SubmitJobStreamEvent = _tagged_union(
+    {
+        "job_submitted_event": _s_JobSubmittedEvent,
+        "job_status_event": _s_JobStatusEvent,
+        "job_progress_event": _s_JobProgressEvent,
+        "job_output_event": _s_JobOutputEvent,
+        "job_result_event": _s_JobResultEvent,
+        "stream_error": _s_StreamError,
+    }
+)
+
 _s_TextGenerationStreamEvent, _s_optional_TextGenerationStreamEvent = _tagged_union(
     {
         "text_generation_chunk": _s_TextGenerationChunk,
@@ -3259,6 +3311,7 @@ _STRUCTURE: dict[Any, Callable[..., Any]] = {
     m.JobStatusEvent: _s_JobStatusEvent,
     m.JobStatusResponse: _s_JobStatusResponse,
     m.JobSubmitted: _s_JobSubmitted,
+    m.JobSubmittedEvent: _s_JobSubmittedEvent,
     m.LanguageInfo: _s_LanguageInfo,
     m.LanguageList: _s_LanguageList,
     m.ListJobsQuery: _s_ListJobsQuery,
@@ -3281,6 +3334,8 @@ _STRUCTURE: dict[Any, Callable[..., Any]] = {
     m.JobEvent | None: _s_optional_JobEvent,
     m.JobResult: _s_JobResult,
     m.JobResult | None: _s_optional_JobResult,
+    m.SubmitJobStreamEvent: _s_SubmitJobStreamEvent,
+    m.SubmitJobStreamEvent | None: _s_optional_SubmitJobStreamEvent,
     m.TextGenerationStreamEvent: _s_TextGenerationStreamEvent,
     m.TextGenerationStreamEvent | None: _s_optional_TextGenerationStreamEvent,
 }
@@ -3309,6 +3364,7 @@ _UNSTRUCTURE: dict[Any, Callable[[Any], Any]] = {
     m.JobStatusEvent: _u_JobStatusEvent,
     m.JobStatusResponse: _u_JobStatusResponse,
     m.JobSubmitted: _u_JobSubmitted,
+    m.JobSubmittedEvent: _u_JobSubmittedEvent,
     m.LanguageInfo: _u_LanguageInfo,
     m.LanguageList: _u_LanguageList,
     m.ListJobsQuery: _u_ListJobsQuery,

@@ -8,8 +8,10 @@ import re
 import signal
 import time
 import uuid
+from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -126,7 +128,8 @@ async def test_execute_code_stream_survives_a_cut_connection(
             resp = web.StreamResponse(status=upstream.status)
             resp.content_type = upstream.content_type
             await resp.prepare(request)
-            cut_this = request.path.endswith("/events") and cuts == 0
+            # the first stream of events: the one the submit opened
+            cut_this = request.path.endswith(("/events", "/stream")) and cuts == 0
             async for line in upstream.content:
                 await resp.write(line)
                 if cut_this and line.startswith(b"data:") and b"job_output_event" in line:
@@ -347,7 +350,7 @@ async def test_submit_retried_after_lost_response_creates_one_job(
             payload = await upstream.read()
             status = upstream.status
             ctype = upstream.headers.get("Content-Type", "application/json")
-        if request.method == "POST" and request.path == "/v1/jobs":
+        if request.method == "POST" and request.path in ("/v1/jobs", "/v1/jobs/stream"):
             seen_keys.append(request.headers.get("Idempotency-Key", ""))
             if len(seen_keys) == 1:
                 assert request.transport is not None
@@ -374,6 +377,132 @@ async def test_submit_retried_after_lost_response_creates_one_job(
     async with make_client(server) as c:
         named = [j async for j in c.list_jobs() if j.name == name]
     assert [j.job_id for j in named] == [job.job_id]
+
+
+async def _sse_events(resp: aiohttp.ClientResponse) -> list[tuple[str, dict[str, Any]]]:
+    """Every (event name, data) of a whole server-sent event response."""
+    text = (await resp.read()).decode().replace("\r\n", "\n")
+    out = []
+    for frame in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in frame.splitlines() if line and not line.startswith(":")
+        )
+        if "data" in fields:
+            out.append((fields["event"], orjson.loads(fields["data"])))
+    return out
+
+
+PROGRESS_CODE = "print('step')\nprint('##deepexec-progress 50')\nprint('done')"
+
+
+async def test_submit_job_stream_answers_the_job_then_its_events(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    key = str(uuid.uuid4())
+    body = envelope(
+        "submit_job",
+        {
+            "name": f"follow-{key[:8]}",
+            "job_type": "code_execution",
+            "data": {"code": PROGRESS_CODE, "language": "python"},
+        },
+    )
+    headers = {"Idempotency-Key": key, "Accept": "text/event-stream"}
+    async with http.post(f"{server.url}/v1/jobs/stream", json=body, headers=headers) as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        events = await _sse_events(r)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "job_submitted_event" and kinds[1] == "job_status_event"
+    assert kinds[-1] == "job_result_event"
+    job_id = events[0][1]["job"]["job_id"]
+    assert all(data.get("job_id", job_id) == job_id for _, data in events)
+    final = events[-1][1]["job"]
+    assert final["status"] == "COMPLETED" and final["result"]["stdout"] == "step\ndone\n"
+    output = "".join(d["data"] for k, d in events if k == "job_output_event")
+    assert "step\n" in output and "done\n" in output
+    assert 50 in [d["progress"] for k, d in events if k == "job_progress_event"]
+
+    # the same key: the same job, whose stream now starts finished
+    async with http.post(f"{server.url}/v1/jobs/stream", json=body, headers=headers) as r:
+        again = await _sse_events(r)
+    assert again[0] == (
+        "job_submitted_event",
+        {
+            "type": "job_submitted_event",
+            "job": {
+                "job_id": job_id,
+                "status": "COMPLETED",
+                "created_at": events[0][1]["job"]["created_at"],
+            },
+        },
+    )
+    assert again[-1][0] == "job_result_event" and again[-1][1]["job"]["result"] == final["result"]
+    # the same key and the plain submit: still the same job
+    async with http.post(f"{server.url}/v1/jobs", json=body, headers={"Idempotency-Key": key}) as r:
+        assert (await r.json())["output"]["job_id"] == job_id
+
+
+async def test_submit_job_stream_refuses_bad_input_with_an_envelope_and_no_job(
+    server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    cases = [
+        (
+            {"name": name, "job_type": "code_execution", "data": {"prompt": "x"}},
+            422,
+            "validation_error",
+        ),
+        (
+            {
+                "name": name,
+                "job_type": "code_execution",
+                "data": {"code": "1", "language": "cobol"},
+            },
+            422,
+            "unsupported_language",
+        ),
+    ]
+    for payload, status, code in cases:
+        async with http.post(
+            f"{server.url}/v1/jobs/stream",
+            json=envelope("submit_job", payload),
+            headers={"Accept": "text/event-stream"},
+        ) as r:
+            assert (r.status, r.content_type) == (status, "application/json")
+            answer = await r.json()
+        assert answer["error"]["code"] == code
+    session = envelope(
+        "submit_job",
+        {"name": name, "job_type": "code_execution", "data": {"code": "1", "language": "python"}},
+        session_id="sess_" + "0" * 32,
+    )
+    async with http.post(f"{server.url}/v1/jobs/stream", json=session) as r:
+        assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+    async with make_client(server) as c:
+        assert [j async for j in c.list_jobs() if j.name == name] == []
+        assert (await c.health()).status == "ok"
+
+
+async def test_sdk_waits_on_the_stream_its_submit_opened(server: ServerProcess) -> None:
+    """execute_code_job + get_code_execution_result: one request (the submit's stream is
+    read by the wait), as the server's access log shows; after the cap of held streams,
+    the oldest jobs are followed through their event streams."""
+    async with make_client(server) as c:
+        job = await c.execute_code_job("print('held')", "python")
+        progress: list[int] = []
+        result = await c.get_code_execution_result(job.job_id, on_progress=progress.append)
+        assert result.stdout == "held\n" and progress[-1] == 100
+        stream = await c.execute_code_stream("print('a'); print('b')", "python")
+        assert [chunk.data async for chunk in stream] and stream.result is not None
+        assert stream.result.stdout == "a\nb\n"
+        jobs = [await c.execute_code_job(f"print({i})", "python") for i in range(10)]
+        outputs = [(await c.get_code_execution_result(j.job_id)).stdout for j in jobs]
+        assert outputs == [f"{i}\n" for i in range(10)]
+    log = server.log()
+    for followed in (job.job_id, stream.job_id, *(j.job_id for j in jobs[2:])):
+        assert f"/v1/jobs/{followed}/events" not in log
+    for evicted in jobs[:2]:  # beyond the 8 held streams
+        assert f"GET /v1/jobs/{evicted.job_id}/events" in log
 
 
 async def test_idempotent_create_session(

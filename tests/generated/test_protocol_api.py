@@ -77,7 +77,7 @@ STREAMING = [c for c in CASES.values() if c.streaming]
 
 def test_every_operation_has_a_module() -> None:
     assert set(api.__all__) == set(OPERATIONS)
-    assert len(OPERATIONS) == 12
+    assert len(OPERATIONS) == 13
     for name in OPERATIONS:
         module = getattr(api, name)
         if OPERATIONS[name].stream_event:

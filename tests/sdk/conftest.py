@@ -149,6 +149,14 @@ def submitted(job_id: str = JOB_ID) -> dict[str, Any]:
     return {"job_id": job_id, "status": "PENDING", "created_at": TS}
 
 
+def submitted_event(job_id: str = JOB_ID, status: str = "PENDING") -> bytes:
+    """The first event of submit_job_stream."""
+    return sse(
+        "job_submitted_event",
+        {"type": "job_submitted_event", "job": {**submitted(job_id), "status": status}},
+    )
+
+
 def sse(kind: str, data: dict[str, Any]) -> bytes:
     """One server-sent event frame."""
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aioresponses import CallbackResult, aioresponses
+from deepexec_protocol import PROTOCOL_VERSION
 
 from deepexec_sdk import (
     CodeExecutionResult,
@@ -38,7 +39,7 @@ from .conftest import (
     ok,
     sent,
     sent_json,
-    submitted,
+    submitted_event,
 )
 
 pytestmark = CLIENT_TEST
@@ -46,6 +47,7 @@ pytestmark = CLIENT_TEST
 EXECUTE = f"{BASE}/v1/execute"
 GENERATE = f"{BASE}/v1/generate"
 JOBS = f"{BASE}/v1/jobs"
+JOBS_STREAM = f"{BASE}/v1/jobs/stream"
 
 
 # --------------------------------------------------------------------------- execute
@@ -64,7 +66,7 @@ async def test_execute_code_and_wait_returns_the_result(
     (call,) = sent(mock_http, "POST", EXECUTE)
     # exactly the envelope of the protocol: nothing unset is sent as null
     assert sent_json(call) == {
-        "protocol_version": "2024.1",
+        "protocol_version": PROTOCOL_VERSION,
         "type": "code_execution",
         "input": {"code": "print('Hello, World!')", "language": "python"},
     }
@@ -203,7 +205,7 @@ async def test_generate_text_defaults_leave_the_server_defaults(
 
 
 async def test_submit_job(facade: Facade, mock_http: aioresponses) -> None:
-    mock_http.post(JOBS, payload=ok("submit_job", submitted()))
+    mock_http.post(JOBS_STREAM, body=submitted_event(), content_type="text/event-stream")
 
     response = await facade(
         "submit_job",
@@ -217,7 +219,7 @@ async def test_submit_job(facade: Facade, mock_http: aioresponses) -> None:
 
     assert isinstance(response, JobSubmitted)
     assert response.job_id == JOB_ID and response.status == JobState.PENDING
-    (call,) = sent(mock_http, "POST", JOBS)
+    (call,) = sent(mock_http, "POST", JOBS_STREAM)
     assert sent_json(call)["input"] == {
         "name": "my_analysis_job",
         "job_type": "code_execution",
@@ -328,7 +330,7 @@ async def test_list_jobs_limit_zero_sends_nothing(facade: Facade, mock_http: aio
 async def test_execute_code_job_submits_a_code_execution_job(
     facade: Facade, mock_http: aioresponses
 ) -> None:
-    mock_http.post(JOBS, payload=ok("submit_job", submitted(JOB_ID_2)))
+    mock_http.post(JOBS_STREAM, body=submitted_event(JOB_ID_2), content_type="text/event-stream")
 
     response = await facade(
         "execute_code_job",
@@ -340,7 +342,7 @@ async def test_execute_code_job_submits_a_code_execution_job(
     )
 
     assert response.job_id == JOB_ID_2
-    body = sent_json(sent(mock_http, "POST", JOBS)[0])
+    body = sent_json(sent(mock_http, "POST", JOBS_STREAM)[0])
     assert body["input"]["job_type"] == "code_execution"
     assert body["input"]["data"] == {
         "code": "print(1)",
@@ -354,7 +356,7 @@ async def test_execute_code_job_submits_a_code_execution_job(
 async def test_generate_text_job_submits_a_text_generation_job(
     facade: Facade, mock_http: aioresponses
 ) -> None:
-    mock_http.post(JOBS, payload=ok("submit_job", submitted()))
+    mock_http.post(JOBS_STREAM, body=submitted_event(), content_type="text/event-stream")
 
     response = await facade(
         "generate_text_job",
@@ -365,7 +367,7 @@ async def test_generate_text_job_submits_a_text_generation_job(
     )
 
     assert response.job_id == JOB_ID
-    body = sent_json(sent(mock_http, "POST", JOBS)[0])
+    body = sent_json(sent(mock_http, "POST", JOBS_STREAM)[0])
     assert body["input"]["job_type"] == "text_generation"
     assert body["input"]["data"] == {
         "prompt": "Write a short poem about artificial intelligence",
@@ -422,7 +424,7 @@ async def test_session_calls_carry_its_session_id_and_context_manager_closes_it(
 ) -> None:
     mock_http.post(SESSIONS, payload=example("CreateSessionResponse"))
     mock_http.post(EXECUTE, payload=ok("code_execution", execution(), SESSION_ID), repeat=True)
-    mock_http.post(JOBS, payload=ok("submit_job", submitted()))
+    mock_http.post(JOBS_STREAM, body=submitted_event(), content_type="text/event-stream")
     mock_http.post(GENERATE, payload=ok("text_generation", generation()))
     mock_http.delete(f"{SESSIONS}/{SESSION_ID}", payload=example("CloseSessionResponse"))
 
@@ -451,7 +453,7 @@ async def test_session_calls_carry_its_session_id_and_context_manager_closes_it(
     assert sent_json(create)["input"] == {"ttl": 600}
     runs = sent(mock_http, "POST", EXECUTE)
     assert [sent_json(c)["session_id"] for c in runs] == [SESSION_ID, SESSION_ID]
-    assert sent_json(sent(mock_http, "POST", JOBS)[0])["session_id"] == SESSION_ID
+    assert sent_json(sent(mock_http, "POST", JOBS_STREAM)[0])["session_id"] == SESSION_ID
     assert sent_json(sent(mock_http, "POST", GENERATE)[0])["session_id"] == SESSION_ID
     assert len(sent(mock_http, "DELETE", f"{SESSIONS}/{SESSION_ID}")) == 1
 

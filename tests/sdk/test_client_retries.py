@@ -36,6 +36,7 @@ from .conftest import (
     ok,
     sent,
     submitted,
+    submitted_event,
 )
 
 pytestmark = CLIENT_TEST
@@ -44,6 +45,7 @@ HEALTH = f"{BASE}/v1/health"
 EXECUTE = f"{BASE}/v1/execute"
 GENERATE = f"{BASE}/v1/generate"
 JOBS = f"{BASE}/v1/jobs"
+JOBS_STREAM = f"{BASE}/v1/jobs/stream"
 SESSIONS = f"{BASE}/v1/sessions"
 
 
@@ -256,18 +258,42 @@ async def test_one_idempotency_key_per_logical_call_reused_by_its_retries(
     make_facade: Callable[..., Facade], mock_http: aioresponses, sleeps: list[float]
 ) -> None:
     client = make_facade(max_retries=3)
-    mock_http.post(JOBS, exception=aiohttp.ServerDisconnectedError())  # may have been created
+    stream_answer = {"body": submitted_event(), "content_type": "text/event-stream"}
+    # may have been created:
+    mock_http.post(JOBS_STREAM, exception=aiohttp.ServerDisconnectedError())
+    mock_http.post(JOBS_STREAM, status=503, payload=err("submit_job", "service_unavailable"))
+    mock_http.post(JOBS_STREAM, **stream_answer)
+    mock_http.post(JOBS_STREAM, **stream_answer)
+
+    await client("execute_code_job", "print(1)", "python")
+    await client("execute_code_job", "print(1)", "python")
+
+    keys = _keys(mock_http, "POST", JOBS_STREAM)
+    assert len(keys) == 4
+    assert keys[0] == keys[1] == keys[2]  # the retries of the first call
+    assert keys[3] != keys[0]  # the second call
+
+
+async def test_a_server_without_submit_job_stream_gets_submit_job_with_the_same_key(
+    make_facade: Callable[..., Facade], mock_http: aioresponses, sleeps: list[float]
+) -> None:
+    client = make_facade(max_retries=3)
+    # an older server: no such route (aiohttp answers 405: GET /v1/jobs/{job_id} exists)
+    mock_http.post(JOBS_STREAM, status=405, body="405: Method Not Allowed")
     mock_http.post(JOBS, status=503, payload=err("submit_job", "service_unavailable"))
     mock_http.post(JOBS, payload=ok("submit_job", submitted()))
     mock_http.post(JOBS, payload=ok("submit_job", submitted()))
 
-    await client("execute_code_job", "print(1)", "python")
-    await client("execute_code_job", "print(1)", "python")
+    first = await client("execute_code_job", "print(1)", "python")
+    second = await client("execute_code_job", "print(1)", "python")
 
+    assert first.job_id == second.job_id == JOB_ID
+    (stream_key,) = _keys(mock_http, "POST", JOBS_STREAM)  # asked once, then no more
     keys = _keys(mock_http, "POST", JOBS)
-    assert len(keys) == 4
-    assert keys[0] == keys[1] == keys[2]  # the retries of the first call
-    assert keys[3] != keys[0]  # the second call
+    assert len(keys) == 3
+    assert keys[0] == keys[1] == stream_key  # one logical call: one key, retries included
+    assert keys[2] != stream_key
+    assert len(sleeps) == 1  # the 503 was retried once
 
 
 async def test_create_session_retries_with_one_key(

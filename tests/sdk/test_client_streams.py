@@ -318,8 +318,12 @@ async def test_execute_code_stream_yields_stdout_and_stderr_in_order(
     assert isinstance(stream.result, CodeExecutionResult)
     assert stream.result.stdout == "a\nb\n" and stream.result.exit_code == 0
     assert stream.job.status == JobState.COMPLETED
-    submit = server.requests[0]
-    assert (submit.method, submit.path) == ("POST", "/v1/jobs")
+    # this server has no submit_job_stream (404): the client fell back to submit_job
+    assert [(r.method, r.path) for r in server.requests[:2]] == [
+        ("POST", "/v1/jobs/stream"),
+        ("POST", "/v1/jobs"),
+    ]
+    submit = server.requests[1]
     assert submit.json()["input"]["data"]["code"].startswith("print('a')")
 
 
@@ -552,7 +556,11 @@ async def test_session_streams_and_jobs_carry_the_session_id(
     await live.run(session.close)
 
     assert text == ["hi"] and [c.data for c in chunks] == ["x"]
-    bodies = [r.json() for r in server.requests if r.method == "POST" and r.path != "/v1/sessions"]
+    bodies = [
+        r.json()
+        for r in server.requests
+        if r.method == "POST" and r.path not in ("/v1/sessions", "/v1/jobs/stream")
+    ]
     assert [b["session_id"] for b in bodies] == [SESSION, SESSION, SESSION]
     assert bodies[1]["input"]["data"]["environment"] == {"A": "1"}
     assert bodies[2]["input"]["job_type"] == "text_generation"

@@ -39,6 +39,7 @@ from .conftest import (
     status_event,
     stream_error_event,
     submitted,
+    submitted_event,
 )
 
 pytestmark = CLIENT_TEST
@@ -424,3 +425,97 @@ async def test_job_events_iterates_typed_events(live: Facade, server: ScriptedSe
         "job_result_event",
     ]
     assert events[-1].job.status == JobState.COMPLETED
+
+
+# --------------------------------------------------------------------------- submit_job_stream
+
+JOBS_STREAM = "/v1/jobs/stream"
+
+
+async def _disconnects(server: ScriptedServer, n: int) -> None:
+    """Give the server up to 2 s to notice ``n`` clients gone (at its next write)."""
+    for _ in range(200):
+        if server.disconnects >= n:
+            return
+        await asyncio.sleep(0.01)
+
+
+def _job_id(i: int) -> str:
+    return f"job_{i:032x}"
+
+
+async def test_the_wait_reads_the_stream_its_submit_opened(
+    live: Facade, server: ScriptedServer
+) -> None:
+    server.on_sse(
+        "POST",
+        JOBS_STREAM,
+        [
+            submitted_event(status="RUNNING"),
+            status_event("RUNNING"),
+            progress_event(60),
+            result_event(DONE),
+        ],
+    )
+    progress: list[int] = []
+
+    submitted_job = await live("execute_code_job", "print(42)", "python")
+    result = await live(
+        "get_code_execution_result", submitted_job.job_id, on_progress=progress.append
+    )
+
+    assert submitted_job.job_id == JOB_ID and submitted_job.status == JobState.RUNNING
+    assert result.stdout == "42\n" and progress == [0, 60, 100]
+    assert server.paths() == [JOBS_STREAM]  # no second request
+
+
+async def test_a_held_stream_cut_before_the_result_reconnects_to_the_job_events(
+    live: Facade, server: ScriptedServer
+) -> None:
+    server.on_sse("POST", JOBS_STREAM, [submitted_event(), status_event("RUNNING"), "cut"])
+    server.on_json("GET", STATUS, (200, ok("job_status", job("RUNNING", 10))))
+    server.on_sse("GET", EVENTS, [status_event("RUNNING", 10), result_event(DONE)])
+
+    submitted_job = await live("execute_code_job", "print(42)", "python")
+    result = await live("get_code_execution_result", submitted_job.job_id)
+
+    assert result.stdout == "42\n"
+    assert server.paths().count(EVENTS) == 1
+
+
+async def test_a_wait_with_a_poll_interval_closes_the_held_stream_and_polls(
+    live: Facade, server: ScriptedServer
+) -> None:
+    server.on_sse("POST", JOBS_STREAM, [submitted_event(), *_pings(5.0)])
+    server.on_json("GET", STATUS, (200, ok("job_status", DONE)))
+
+    submitted_job = await live("execute_code_job", "print(42)", "python")
+    status = await live("wait_for_job", submitted_job.job_id, poll_interval=0.01)
+
+    assert status.status == JobState.COMPLETED
+    assert server.paths() == [JOBS_STREAM, STATUS]
+    await _disconnects(server, 1)
+    assert server.disconnects == 1  # the held stream was closed, not left open
+
+
+async def test_at_most_eight_submit_streams_are_held_and_close_closes_them(
+    live: Facade, server: ScriptedServer
+) -> None:
+    scripts = [[submitted_event(_job_id(i)), *_pings(5.0)] for i in range(10)]
+    server.on_sse("POST", JOBS_STREAM, *scripts)
+    done = job("COMPLETED", 100, result=execution("42\n"))
+    server.on_sse(
+        "GET", f"/v1/jobs/{_job_id(0)}/events", [result_event({**done, "job_id": _job_id(0)})]
+    )
+
+    ids = [(await live("execute_code_job", "print(42)", "python")).job_id for _ in range(10)]
+
+    assert ids == [_job_id(i) for i in range(10)]
+    await _disconnects(server, 2)
+    assert server.disconnects == 2  # the two oldest, beyond the cap of 8
+    # the oldest job's stream is gone: its wait opens the job's event stream
+    status = await live("wait_for_job", _job_id(0))
+    assert status.job_id == _job_id(0) and status.status == JobState.COMPLETED
+    await live.aclose()
+    await _disconnects(server, 10)
+    assert server.disconnects == 10  # close() closed the 8 held streams

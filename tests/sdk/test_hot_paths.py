@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from aioresponses import aioresponses
+from deepexec_protocol import PROTOCOL_VERSION
 from deepexec_protocol import models as m
 from deepexec_protocol.converter import unstructure
 
@@ -61,7 +62,7 @@ def _reference_body(
         "memory_limit": memory_limit,
     }
     envelope: dict[str, Any] = {
-        "protocol_version": "2024.1",
+        "protocol_version": PROTOCOL_VERSION,
         "type": "code_execution",
         "input": {k: v for k, v in data.items() if v is not None},
     }

@@ -531,6 +531,67 @@ async def test_submit_to_an_idle_worker_starts_the_job_before_returning(
     assert harness.max_running == 1
 
 
+async def test_submit_with_follow_streams_every_event_from_the_stored_state(
+    store: JobStore, make_manager: Any, harness: Harness
+) -> None:
+    """follow=True: the stream starts from the state the job was stored in (no store read)
+    and misses nothing, whether the job started at once or was queued; an idempotent
+    replay gets the job's current state."""
+    manager = make_manager(concurrency=1)
+    await manager.start()
+    await asyncio.sleep(0.01)  # the worker is idle: the first job starts at submit
+    reads = 0
+    load = store.load
+
+    async def counting_load(job_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await load(job_id)
+
+    store.load = counting_load  # type: ignore[method-assign]
+    steps = (("gate", "s"), ("out", "stdout", "hi\n"), ("progress", 40))
+    started = await manager.submit(
+        OWNER, name="now", job_type="code_execution", data={"steps": list(steps)}, follow=True
+    )
+    later: dict[str, Any] = {
+        "name": "later",
+        "job_type": "code_execution",
+        "data": {"steps": [("out", "stdout", "q\n")]},
+        "idempotency_key": "k1",
+    }
+    queued = await manager.submit(OWNER, **later, follow=True)
+    assert reads == 0
+    assert started.job.status is JobStatus.RUNNING and queued.job.status is JobStatus.PENDING
+    assert started.stream is not None and queued.stream is not None
+    collectors = [asyncio.create_task(collect(r.stream)) for r in (started, queued)]  # type: ignore[arg-type]
+    harness.gate("s").set()
+    first, second = await asyncio.wait_for(asyncio.gather(*collectors), 5)
+
+    def summary(events: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        return [(e["type"], e.get("status") or e.get("progress") or e.get("data")) for e in events]
+
+    assert summary(first) == [
+        ("job_status_event", "RUNNING"),
+        ("job_output_event", "hi\n"),
+        ("job_progress_event", 40),
+        ("job_status_event", "COMPLETED"),
+        ("job_result_event", None),
+    ]
+    assert summary(second) == [
+        ("job_status_event", "PENDING"),
+        ("job_status_event", "RUNNING"),
+        ("job_output_event", "q\n"),
+        ("job_status_event", "COMPLETED"),
+        ("job_result_event", None),
+    ]
+    replay = await manager.submit(OWNER, **later, follow=True)
+    assert not replay.created and replay.job.job_id == queued.job.job_id
+    assert replay.stream is not None
+    again = await asyncio.wait_for(collect(replay.stream), 5)
+    assert summary(again)[0] == ("job_status_event", "COMPLETED")
+    assert again[-1]["type"] == "job_result_event"
+
+
 async def test_submit_does_not_jump_the_queue_when_jobs_are_pending(
     make_manager: Any, harness: Harness
 ) -> None:

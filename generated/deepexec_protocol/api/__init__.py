@@ -16,6 +16,7 @@ from . import (
     list_jobs,
     list_languages,
     submit_job,
+    submit_job_stream,
     text_generation,
     text_generation_stream,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "text_generation",
     "text_generation_stream",
     "submit_job",
+    "submit_job_stream",
     "job_status",
     "cancel_job",
     "list_jobs",
