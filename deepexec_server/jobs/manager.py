@@ -823,7 +823,7 @@ class JobManager:
                     message=f"the job runner returned {type(result).__name__}, not a dict",
                 )
                 return await self._store.fail(job_id, error)
-            return await self._store.complete(job_id, result)
+            return await self._store.complete(job_id, result, running=live.record)
         if isinstance(exc, JobFailure):
             return await self._store.fail(job_id, exc.to_error(), result=exc.result)
         if isinstance(exc, TimeoutError) and live.record.timeout is not None:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from attrs import define
+from attrs import define, evolve
 
 from .models import (
     IdempotencyConflict,
@@ -154,7 +154,17 @@ def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _row_to_record(row: sqlite3.Row) -> JobRecord:
+#: the columns a new job is inserted without (NULL until it finishes or is canceled)
+_UNSET_AT_INSERT = {
+    "result": None,
+    "error": None,
+    "finished_us": None,
+    "canceled_us": None,
+    "cancel_reason": None,
+}
+
+
+def _row_to_record(row: sqlite3.Row | dict[str, Any]) -> JobRecord:
     created_at = _from_us(row["created_us"])
     assert created_at is not None
     result, error = row["result"], row["error"]
@@ -378,9 +388,8 @@ class JobStore:
                 f"VALUES ({', '.join(':' + name for name in values)})",
                 values,
             )
-            record = self._fetch(conn, job_id)
-            assert record is not None
-            return record, True
+            # the record as a read would give it, without reading it back
+            return _row_to_record({**values, **_UNSET_AT_INSERT}), True
 
         return await self._write(run)
 
@@ -498,10 +507,14 @@ class JobStore:
 
         return await self._write(run)
 
-    async def complete(self, job_id: str, result: dict[str, Any]) -> JobRecord | None:
+    async def complete(
+        self, job_id: str, result: dict[str, Any], *, running: JobRecord | None = None
+    ) -> JobRecord | None:
         """RUNNING -> COMPLETED with ``result`` and progress 100.
 
-        Returns ``None`` when the job was no longer RUNNING (canceled meanwhile).
+        Returns ``None`` when the job was no longer RUNNING (canceled meanwhile). Given
+        ``running``, the job's record as it was claimed, the completed record is made from
+        it rather than read back (nothing else of a RUNNING job changes in the store).
         """
         now = self._now_us()
         payload = _dump(result)
@@ -512,7 +525,17 @@ class JobStore:
                 "WHERE job_id = ? AND status = ?",
                 (JobStatus.COMPLETED.value, payload, now, job_id, JobStatus.RUNNING.value),
             )
-            return self._fetch(conn, job_id) if cur.rowcount == 1 else None
+            if cur.rowcount != 1:
+                return None
+            if running is None or running.job_id != job_id:
+                return self._fetch(conn, job_id)
+            return evolve(
+                running,
+                status=JobStatus.COMPLETED,
+                result=json.loads(payload),
+                progress=100,
+                finished_at=_from_us(now),
+            )
 
         return await self._write(run)
 

@@ -160,6 +160,24 @@ async def test_active_job_limit_is_enforced_per_owner(store: JobStore) -> None:
     assert await store.count_active("alice") == 2
 
 
+async def test_records_made_without_reading_back_equal_what_a_read_gives(
+    store: JobStore,
+) -> None:
+    """insert and complete(running=...) build their records in memory: the same as a read."""
+    for start in (True, False):
+        record, created = await store.insert(
+            job(tags=("a", "b"), timeout=5.0, idempotency_key=f"k{start}"), start=start
+        )
+        assert created and record == await store.load(record.job_id)
+    running = await store.claim_next()
+    assert running is not None and running == await store.load(running.job_id)
+    done = await store.complete(running.job_id, {"out": [1, "x"]}, running=running)
+    assert done is not None and done == await store.load(running.job_id)
+    assert done.status is JobStatus.COMPLETED and done.progress == 100
+    # no longer RUNNING: nothing is written, nothing returned
+    assert await store.complete(running.job_id, {"out": 2}, running=running) is None
+
+
 async def test_a_submit_costs_the_same_however_many_finished_jobs_the_owner_has(
     store: JobStore,
 ) -> None:
