@@ -981,10 +981,13 @@ class DeepExecAsyncClient:
                 "submit_job_stream", _open_submit_stream, body=body, idempotency_key=key
             )
         except MCPError as exc:
-            if not _no_such_endpoint(exc):
+            # a server without submit_job_stream: 404 or 405, or, from a DeepExec server
+            # of protocol 2024.1, invalid_request ("POST is not allowed"); the same
+            # answers for a request submit_job refuses too (no such session, ...), and
+            # then submit_job says so. The same key: a job the stream made is not made
+            # twice.
+            if not (_no_such_endpoint(exc) or exc.code == "invalid_request"):
                 raise
-            # a server without submit_job_stream (or no such session: then submit_job
-            # says so too); the same key, so a job the stream made is not made twice
             job = await self._call(
                 "submit_job", ops.submit_job.asyncio, body=body, idempotency_key=key
             )

@@ -274,12 +274,23 @@ async def test_one_idempotency_key_per_logical_call_reused_by_its_retries(
     assert keys[3] != keys[0]  # the second call
 
 
+@pytest.mark.parametrize(
+    "no_route",
+    [
+        {"status": 405, "body": "405: Method Not Allowed"},  # GET /v1/jobs/{job_id} exists
+        {"status": 404, "body": "404: Not Found"},
+        # a DeepExec server of protocol 2024.1
+        {"status": 400, "payload": err("submit_job", "invalid_request", "POST is not allowed")},
+    ],
+)
 async def test_a_server_without_submit_job_stream_gets_submit_job_with_the_same_key(
-    make_facade: Callable[..., Facade], mock_http: aioresponses, sleeps: list[float]
+    make_facade: Callable[..., Facade],
+    mock_http: aioresponses,
+    sleeps: list[float],
+    no_route: dict[str, Any],
 ) -> None:
     client = make_facade(max_retries=3)
-    # an older server: no such route (aiohttp answers 405: GET /v1/jobs/{job_id} exists)
-    mock_http.post(JOBS_STREAM, status=405, body="405: Method Not Allowed")
+    mock_http.post(JOBS_STREAM, **no_route)
     mock_http.post(JOBS, status=503, payload=err("submit_job", "service_unavailable"))
     mock_http.post(JOBS, payload=ok("submit_job", submitted()))
     mock_http.post(JOBS, payload=ok("submit_job", submitted()))
