@@ -115,6 +115,7 @@ _UNFINISHED = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
 #: jobs of everyone) rather than the owner index (all of the owner's jobs ever kept): the
 #: unary ``+`` keeps SQLite from using an index on owner.
 _COUNT_UNFINISHED = "SELECT count(*) FROM jobs WHERE +owner = ? AND status IN (?, ?)"
+_ANY_PENDING = "SELECT 1 FROM jobs WHERE status = ? LIMIT 1"
 _MAX_LIST_LIMIT = 1000
 
 
@@ -359,11 +360,7 @@ class JobStore:
                 if active >= max_active_per_owner:
                     raise TooManyActiveJobs(max_active_per_owner)
             running = (
-                start
-                and conn.execute(
-                    "SELECT 1 FROM jobs WHERE status = ? LIMIT 1", (JobStatus.PENDING.value,)
-                ).fetchone()
-                is None
+                start and conn.execute(_ANY_PENDING, (JobStatus.PENDING.value,)).fetchone() is None
             )
             values = {
                 "job_id": job_id,
@@ -492,6 +489,11 @@ class JobStore:
             )
             return self._fetch(conn, row[0])
 
+        # Nothing pending (what an idle worker woken with others mostly finds): a plain
+        # read says so without a write transaction. Only this connection writes, so a job
+        # inserted after this read wakes the workers again.
+        if self._connection().execute(_ANY_PENDING, (JobStatus.PENDING.value,)).fetchone() is None:
+            return None
         return await self._write(run)
 
     async def set_progress(self, job_id: str, progress: int) -> bool:

@@ -160,6 +160,42 @@ async def test_active_job_limit_is_enforced_per_owner(store: JobStore) -> None:
     assert await store.count_active("alice") == 2
 
 
+async def test_claiming_with_nothing_pending_opens_no_write_transaction(store: JobStore) -> None:
+    """Idle workers woken together mostly find nothing: that costs a read, not a write."""
+    statements: list[str] = []
+    store._connection().set_trace_callback(statements.append)
+    try:
+        assert await store.claim_next() is None
+        assert not any(s.startswith("BEGIN") for s in statements), statements
+        pending, _ = await store.insert(job())
+        claimed = await store.claim_next()
+    finally:
+        store._connection().set_trace_callback(None)
+    assert claimed is not None and claimed.job_id == pending.job_id
+    assert claimed.status is JobStatus.RUNNING and claimed.attempts == 1
+
+
+def test_rfc3339_is_utc_with_milliseconds_truncated() -> None:
+    from datetime import timezone
+
+    from deepexec_server.jobs.models import rfc3339
+
+    cases = {
+        datetime(2026, 11, 26, 13, 40, 0, 123999, tzinfo=UTC): "2026-11-26T13:40:00.123Z",
+        datetime(2026, 11, 26, 13, 40, tzinfo=UTC): "2026-11-26T13:40:00.000Z",
+        datetime(2026, 1, 1, 0, 30, 0, 5000, tzinfo=timezone(timedelta(hours=1))): (
+            "2025-12-31T23:30:00.005Z"
+        ),
+        datetime(2026, 6, 1, 19, 0, tzinfo=timezone(timedelta(hours=-5))): (
+            "2026-06-02T00:00:00.000Z"
+        ),
+    }
+    for value, expected in cases.items():
+        assert rfc3339(value) == expected
+    with pytest.raises(ValueError):
+        rfc3339(datetime(2026, 1, 1))  # noqa: DTZ001 - naive on purpose
+
+
 async def test_records_made_without_reading_back_equal_what_a_read_gives(
     store: JobStore,
 ) -> None:
