@@ -189,6 +189,8 @@ class DeepExecAsyncClient:
         #: open submit_job_stream streams no one waits on yet, by job id (oldest first):
         #: a wait for such a job reads it instead of opening the job's event stream
         self._followers: OrderedDict[str, AsyncIterator[Any]] = OrderedDict()
+        #: event streams being closed after their final event (see _close_later)
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._secrets = tuple(
             secret
@@ -235,6 +237,8 @@ class DeepExecAsyncClient:
         self._closed = True
         while self._followers:
             await _close_events(self._followers.popitem()[1])
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
@@ -1147,11 +1151,13 @@ class DeepExecAsyncClient:
                 await _close_events(held)
         while self._events_supported and poll_interval is None:
             try:
-                async for event in self._follow(job_id):
+                events = self._follow(job_id)
+                async for event in events:
                     backoff = _POLL_START  # the stream works: a later cut reconnects at once
                     if isinstance(event, (m.JobStatusEvent, m.JobProgressEvent)):
                         await tracker.update(event.progress)
                     elif isinstance(event, m.JobResultEvent):
+                        self._close_later(events)
                         await tracker.update(event.job.progress)
                         return event.job
             except MCPError as exc:
@@ -1180,6 +1186,14 @@ class DeepExecAsyncClient:
             await asyncio.sleep(interval)
             if poll_interval is None:
                 interval = min(interval * 1.5, _POLL_MAX)
+
+    def _close_later(self, events: AsyncIterator[Any]) -> None:
+        """Close a stream that gave its final event, in the background: reading its end
+        lets its connection be reused (a new one costs a TCP handshake on both sides),
+        and the caller need not wait for that end to arrive."""
+        task = asyncio.get_running_loop().create_task(_close_events(events))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _follow(self, job_id: str) -> AsyncIterator[m.JobEvent]:
         """The job's events from now on: the stream its submit left open, if this client

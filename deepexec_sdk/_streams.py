@@ -94,7 +94,8 @@ class ExecutionStream:
             # this stream has already yielded
             skip = dict(seen)
             try:
-                async for event in self._client._follow(self.job_id):
+                events = self._client._follow(self.job_id)
+                async for event in events:
                     if isinstance(event, m.JobOutputEvent):
                         name = event.stream.value
                         if skip[name] >= len(event.data):
@@ -112,6 +113,7 @@ class ExecutionStream:
                                 await outcome
                         yield event
                     elif isinstance(event, m.JobResultEvent):
+                        self._client._close_later(events)
                         self._finish(event.job)
                         return
             except (MCPConnectionError, MCPTimeoutError) as exc:

@@ -541,6 +541,8 @@ async def _relay(request: web.Request, events: AsyncIterator[Any]) -> web.Stream
             try:
                 async for event in events:
                     await response.send(orjson.dumps(unstructure(event)).decode(), event=event.type)
+                # end the response at once: the client reads its end to reuse the connection
+                await response.write_eof()
             except (ProviderError, ApiError) as exc:
                 error = _provider_error(exc) if isinstance(exc, ProviderError) else exc
                 payload = {

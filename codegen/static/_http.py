@@ -402,10 +402,15 @@ async def stream(
                     kind = event.type
                     if kind == "stream_error":
                         _raise_for_error(event.error, resp.status, request_id, resp.headers)
-                    yield event
                     if kind in terminal:
-                        await _drain(resp)
+                        try:
+                            yield event
+                        finally:
+                            # also when the consumer stops at the final event (aclose):
+                            # read the stream's end, so the connection is reused
+                            await _drain(resp)
                         return
+                    yield event
     except TimeoutError as exc:
         raise errors.MCPTimeoutError(f"stream idle for {timeout} s", timeout=timeout) from exc
     except aiohttp.ClientError as exc:

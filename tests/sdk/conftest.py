@@ -404,7 +404,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Recorded:
-    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes, query: Any):
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        query: Any,
+        peer: Any = None,
+    ):
+        self.peer = peer  # the client's address and port: one per connection
         self.method = method
         self.path = path
         self.headers = headers
@@ -519,7 +528,14 @@ class ScriptedServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Recorded(request.method, request.path, dict(request.headers), body, request.query)
+            Recorded(
+                request.method,
+                request.path,
+                dict(request.headers),
+                body,
+                request.query,
+                request.transport.get_extra_info("peername") if request.transport else None,
+            )
         )
         handler = self.handlers.get((request.method, request.path))
         if handler is None:

@@ -519,3 +519,26 @@ async def test_at_most_eight_submit_streams_are_held_and_close_closes_them(
     await live.aclose()
     await _disconnects(server, 10)
     assert server.disconnects == 10  # close() closed the 8 held streams
+
+
+async def test_a_finished_stream_gives_its_connection_back_for_the_next_call(
+    live: Facade, server: ScriptedServer
+) -> None:
+    # (the server ends each stream a moment after its final event, as the reference
+    # server does once its handler returns)
+    server.on_sse(
+        "POST", JOBS_STREAM, [submitted_event(), status_event("RUNNING"), result_event(DONE), 0.01]
+    )
+    server.on_sse("GET", EVENTS, [status_event("RUNNING"), result_event(DONE), 0.01])
+    server.on_json("GET", STATUS, (200, ok("job_status", DONE)))
+
+    for _ in range(3):
+        submitted_job = await live("execute_code_job", "print(42)", "python")
+        assert (await live("get_code_execution_result", submitted_job.job_id)).stdout == "42\n"
+        await asyncio.sleep(0.05)  # the stream's end is read in the background
+    await live("wait_for_job", JOB_ID)  # a job_events stream, read to its end too
+    await asyncio.sleep(0.05)
+    await live("get_job_status", JOB_ID)
+
+    assert server.paths() == [JOBS_STREAM, JOBS_STREAM, JOBS_STREAM, EVENTS, STATUS]
+    assert len({r.peer for r in server.requests}) == 1  # one connection for all
