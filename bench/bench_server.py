@@ -9,7 +9,8 @@ then measures, through the real SDK:
    (RSS, and PSS, which splits shared pages fairly); target tree RSS <= 80 MB.
 2. Job wait overhead: ``execute_code_job`` + ``get_code_execution_result`` vs
    ``execute_code_and_wait`` on ``print(1)``, N each, interleaved (the order alternating
-   per round); ratio of medians, target <= 1.05.
+   per round); ratio of medians, target <= 1.05. One request on each side: the SDK submits
+   through ``submit_job_stream`` and the wait reads the events of that same response.
 3. Streaming relay: time to the first generated piece through server + SDK minus the
    time to the first piece straight from the fake provider (chunk delay 50 ms), on
    interleaved runs; median difference, target <= 5 ms.
