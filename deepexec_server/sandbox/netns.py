@@ -13,6 +13,14 @@ there) cannot reconfigure it either.
 A namespace lives as long as a file descriptor or a process refers to it: the
 server's descriptor is closed once the sandbox has started (or when a prepared one
 is discarded), and the namespace goes away with the sandbox's last process.
+
+Namespaces are per thread, and only one thread of the server ever enters one: a
+long-lived helper thread that does nothing else. For each namespace it unshares its
+network namespace, takes a descriptor of the new one, brings its loopback up and
+moves itself back to the host's namespace (``setns``) before answering; should that
+ever fail, the helper ends (with it, its hold on that namespace) and a fresh one
+serves the next request. A thread started for every namespace (as before) cost about
+0.1 ms of CPU more per sandbox here.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import os
+import queue
 import socket
 import struct
 import threading
@@ -34,6 +43,7 @@ _IFF_UP = 0x1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 def _loopback_up() -> None:
@@ -43,33 +53,72 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | _IFF_UP))
 
 
-def _make(out: list[int | BaseException]) -> None:
+def _unshare() -> int:
+    """Move the calling thread into a new network namespace with its loopback up and
+    return a descriptor of it (the thread stays there: see :func:`_serve`)."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        _loopback_up()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: requests to the helper thread: the queue each answer goes to
+_requests: queue.SimpleQueue[queue.SimpleQueue[int | BaseException]] = queue.SimpleQueue()
+_helper_lock = threading.Lock()
+_helper: threading.Thread | None = None
+
+
+def _serve() -> None:
+    """The helper thread: a namespace per request, back home after each."""
+    while True:
+        reply = _requests.get()
+        result: int | BaseException
         try:
-            _loopback_up()
-        except BaseException:
-            os.close(fd)
-            raise
-        out.append(fd)
-    except BaseException as exc:  # re-raised in the caller's thread
-        out.append(exc)
+            # /proc/self is the main thread's: the host's network namespace
+            home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException as exc:  # re-raised in the caller's thread
+            reply.put(exc)
+            continue
+        try:
+            result = _unshare()
+        except BaseException as exc:
+            result = exc
+        back = _libc.setns(home, CLONE_NEWNET) == 0
+        os.close(home)
+        reply.put(result)
+        if not back:  # cannot happen as root; this thread must not live on elsewhere
+            return
+
+
+def _ensure_helper() -> None:
+    global _helper
+    with _helper_lock:
+        if _helper is None or not _helper.is_alive():
+            _helper = threading.Thread(target=_serve, name="deepexec-netns", daemon=True)
+            _helper.start()
 
 
 def new_netns() -> int:
     """A new network namespace with its loopback up, as a close-on-exec descriptor.
 
-    Namespaces are per thread: it is made by a short-lived thread of its own, which
-    ends right after (so no thread of the server ever runs in it). Needs root.
+    Made by the helper thread (see the module docstring), which returns to the host's
+    namespace right after: no other thread of the server ever enters one. Needs root.
     """
-    out: list[int | BaseException] = []
-    worker = threading.Thread(target=_make, args=(out,), name="deepexec-netns", daemon=True)
-    worker.start()
-    worker.join()
-    result = out[0] if out else RuntimeError("the network namespace helper did not run")
+    _ensure_helper()
+    reply: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+    _requests.put(reply)
+    while True:
+        try:
+            result = reply.get(timeout=1.0)
+            break
+        except queue.Empty:
+            _ensure_helper()  # it ended (see _serve) with this request still queued
     if isinstance(result, BaseException):
         raise result
     return result

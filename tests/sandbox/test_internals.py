@@ -3,6 +3,7 @@ the system root, prepared network namespaces."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import stat
@@ -243,3 +244,19 @@ def test_prepared_network_namespace_has_only_loopback_up(tmp_path: Path) -> None
         assert str(fd) not in out.stdout.splitlines()[2]  # the launcher closed it
     finally:
         os.close(fd)
+
+
+def test_no_thread_of_the_server_stays_in_a_prepared_network_namespace() -> None:
+    """The helper thread that makes the namespaces goes back to the host's after each;
+    several made at once (from several threads) are all distinct."""
+    host = os.readlink("/proc/self/ns/net")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        fds = list(pool.map(lambda _: new_netns(), range(8)))
+    try:
+        made = {os.readlink(f"/proc/self/fd/{fd}") for fd in fds}
+        assert len(made) == 8 and host not in made
+        threads = os.listdir("/proc/self/task")
+        assert {os.readlink(f"/proc/self/task/{t}/ns/net") for t in threads} == {host}
+    finally:
+        for fd in fds:
+            os.close(fd)
