@@ -202,9 +202,12 @@ class Scratch:
         self.prog = root / "prog"
         self.etc = root / "etc"
 
-    def destroy(self) -> None:
-        """Unmount the tmpfs (freeing all its content) and remove the mount point."""
+    def destroy(self, *, keep_mount_point: bool = False) -> None:
+        """Unmount the tmpfs (freeing all its content) and remove the mount point (or,
+        with ``keep_mount_point``, leave it: an empty directory, for another scratch)."""
         unmount(self.root)
+        if keep_mount_point:
+            return
         try:
             self.root.rmdir()
         except FileNotFoundError:
@@ -259,7 +262,13 @@ def resize_tmpfs(target: Path, size: int) -> None:
 
 
 def make_scratch(
-    root: Path, uid: int, size: int, *, session_dir: Path | None, prog_writable: bool
+    root: Path,
+    uid: int,
+    size: int,
+    *,
+    session_dir: Path | None,
+    prog_writable: bool,
+    existing: bool = False,
 ) -> Scratch:
     """Mount a fresh scratch tmpfs of ``size`` bytes on ``root`` and lay it out.
 
@@ -269,8 +278,11 @@ def make_scratch(
     fresh directory of the scratch. ``prog_writable`` gives ``prog/`` to the sandbox
     uid (for a compile step); otherwise it stays root's, readable by the uid's group.
     Unmounting the scratch (:meth:`Scratch.destroy`) detaches the bind as well.
+    ``existing``: ``root`` is already there, an empty directory that nothing is
+    mounted on (the mount point a destroyed scratch left, see :meth:`Scratch.destroy`).
     """
-    root.mkdir(mode=0o711)
+    if not existing:
+        root.mkdir(mode=0o711)
     try:
         mount_tmpfs(root, size, mode=0o711)
     except BaseException:

@@ -70,6 +70,7 @@ async def test_prepared_scratches_serve_one_execution_each(
             assert f"sandbox:x:{uid}:{uid}:" in (s.etc / "passwd").read_text()
             assert p.netns is not None
             netns_links.add(os.readlink(f"/proc/self/fd/{p.netns}"))
+            (s.etc / "marker").write_text("prepared")  # on its tmpfs: gone with it
         assert len(netns_links) == 2 and os.readlink("/proc/self/ns/net") not in netns_links
 
         seen = []
@@ -84,14 +85,20 @@ async def test_prepared_scratches_serve_one_execution_each(
         # ...each network namespace served one sandbox, and none was the host's...
         assert netns_links == {s[3] for s in seen[:2]}
         assert os.readlink("/proc/self/ns/net") not in {s[3] for s in seen}
-        # ...and what they used is gone: scratch unmounted, lease released, fd closed.
+        # ...and what they used is gone: scratch unmounted (its tmpfs and everything on
+        # it; the empty mount point may serve a new scratch), lease released, fd closed.
         for p in prepared:
-            assert not p.scratch.root.exists() and not p.lease.held
+            assert not (p.scratch.etc / "marker").exists() and not p.lease.held
         assert len(ex._prepared) == 2  # noqa: SLF001 - refilled with new ones
         assert _netns_fds() == held_before + 2  # the used ones' descriptors are closed
-        assert not {str(p.scratch.root) for p in ex._prepared} & {  # noqa: SLF001
-            str(p.scratch.root) for p in prepared
+        for p in ex._prepared:  # noqa: SLF001
+            assert is_mountpoint(p.scratch.root, "tmpfs") and os.listdir(p.scratch.work) == []
+            assert not (p.scratch.etc / "marker").exists()
+        assert not {p.lease.uid for p in ex._prepared} & {  # noqa: SLF001
+            p.lease.uid for p in prepared
         }
+        scratches = [m for m in mounts_under(ex._instance_dir) if "/x" in m]  # noqa: SLF001
+        assert sorted(scratches) == sorted(str(p.scratch.root) for p in ex._prepared)  # noqa: SLF001
         left = list(ex._prepared)  # noqa: SLF001
     finally:
         await ex.close()
@@ -350,13 +357,14 @@ async def test_bubblewrap_starts_in_a_minimal_mount_namespace(
         assert len([m for m in seen if not m.startswith(inst)]) < len(host)
         prepared = ex._prepared[0].scratch.root  # noqa: SLF001
         assert str(prepared) in seen
-        # A scratch mounted (and unmounted) on the host later shows up (and goes).
+        # A scratch mounted (and unmounted) on the host later shows up (and goes: only
+        # the new prepared one is left, on the same mount point or another).
         out = await ex.execute(req("print(1)", limits))
         assert out.stdout == "1\n"
         await asyncio.sleep(0.2)  # teardown, refill
         seen = _mounts_seen_from(ex)
-        assert str(prepared) not in seen
-        assert str(ex._prepared[0].scratch.root) in seen  # noqa: SLF001
+        scratches = [m for m in seen if m.startswith(inst + "/x")]
+        assert scratches == [str(ex._prepared[0].scratch.root)]  # noqa: SLF001
         # /usr and / keep their read-only flags in the sandbox.
         code = (
             "print([l.split()[5] for l in open('/proc/self/mountinfo')"

@@ -152,7 +152,7 @@ async def test_files_left_open_are_flushed_as_under_the_bare_interpreter(
 
 
 #: compares the code the program runs as with what compile() makes of its file
-SELF_CHECK = '''
+SELF_CHECK = """
 import inspect, sys, warnings
 
 def helper():
@@ -180,7 +180,7 @@ print(seen[0].filename, seen[0].lineno)
 def fail():
     raise KeyError("k")
 fail()
-'''
+"""
 
 
 @pytest.mark.parametrize("mode", ["cold", "warm"])
