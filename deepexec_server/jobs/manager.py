@@ -518,23 +518,20 @@ class JobManager:
         if not created:
             stream = await self.subscribe(record.job_id, owner) if follow else None
             return SubmitResult(job=self._overlay(record), created=False, stream=stream)
-        stream = None
-        if record.status is JobStatus.RUNNING:
+        started = record.status is JobStatus.RUNNING
+        if started:
             live = self._begin(record)
             assert live is not None  # job_type was checked above
             self._handed_off.append(live)
-            self._wakeup.set()
-            if follow:  # no await since _begin: nothing happened to the job meanwhile
-                stream = self._register(record.job_id, self._max_buffered_output)
-                stream._push_snapshot(record, 0, [])
+        self._wakeup.set()
+        stream = None
+        if follow:  # no await since the insert: nothing happened to the job meanwhile
+            stream = self._register(record.job_id, self._max_buffered_output)
+            stream._push_snapshot(record, 0, [])
+        if started:
             # let the runner take its first steps (start the program) before the
             # caller goes on answering the request
             await asyncio.sleep(0)
-        else:
-            if follow:
-                stream = self._register(record.job_id, self._max_buffered_output)
-                stream._push_snapshot(record, 0, [])
-            self._wakeup.set()
         return SubmitResult(job=self._overlay(record), created=True, stream=stream)
 
     async def get(self, job_id: str, owner: str | None) -> JobRecord | None:
