@@ -12,6 +12,11 @@ Design
   bench/bench_server.py). Calls are serialized by the loop itself, and a read
   issued after a write returned sees that write. The only bulk write, :meth:`purge`,
   deletes in batches and yields to the loop between them.
+* Checkpoints (copying the WAL back into the database, with an fsync) never run on the
+  event loop: SQLite's automatic checkpoint is off on the writer connection, and a
+  background task checkpoints from a worker thread, on a connection of its own, about
+  once a second after writes (measured: inline checkpoints stalled one commit in a
+  hundred, by up to 9 ms).
 * Every state transition is a guarded ``UPDATE ... WHERE status IN (...)``, so races
   (a job finishing while it is being canceled) resolve to exactly one winner.
 * Timestamps are stored as integer microseconds since the Unix epoch (UTC) and
@@ -29,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Callable
@@ -217,12 +224,27 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
     return value[0], value[1]
 
 
+logger = logging.getLogger(__name__)
+
+#: seconds between background checkpoints (when something was written meanwhile)
+_CHECKPOINT_INTERVAL = 1.0
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _checkpoint(path: Path, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+    """Checkpoint the WAL of ``path`` (PASSIVE: never waits for the writer) on ``conn``,
+    opening it on first use; returns the connection for next time. Blocking."""
+    if conn is None:
+        conn = _connect(path)
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return conn
 
 
@@ -239,6 +261,8 @@ class JobStore:
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._writes = 0  # commits since the last checkpoint
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open_in(
@@ -276,7 +300,11 @@ class JobStore:
             )
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
         self._conn = conn
+        self._checkpointer = asyncio.get_running_loop().create_task(
+            self._checkpoint_loop(), name="job-store-checkpoint"
+        )
         return self
 
     async def close(self) -> None:
@@ -284,9 +312,36 @@ class JobStore:
         if self._closed:
             return
         self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            self._checkpointer = None
         if self._conn is not None:
-            self._conn.close()
+            self._conn.close()  # the last connection to close checkpoints the rest
             self._conn = None
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint in a worker thread, about once a second after writes."""
+        conn: sqlite3.Connection | None = None
+        running: asyncio.Future[sqlite3.Connection] | None = None
+        try:
+            while True:
+                await asyncio.sleep(_CHECKPOINT_INTERVAL)
+                if not self._writes:
+                    continue
+                self._writes = 0
+                running = asyncio.ensure_future(asyncio.to_thread(_checkpoint, self._path, conn))
+                try:
+                    conn = await asyncio.shield(running)
+                except sqlite3.Error:
+                    logger.warning("job store checkpoint failed; retrying", exc_info=True)
+                running = None
+        finally:
+            if running is not None:  # cancelled meanwhile: let the thread finish first
+                with contextlib.suppress(Exception):
+                    conn = await running
+            if conn is not None:
+                conn.close()
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -304,6 +359,7 @@ class JobStore:
         try:
             value = fn(conn)
             conn.execute("COMMIT")
+            self._writes += 1
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -173,6 +174,49 @@ async def test_claiming_with_nothing_pending_opens_no_write_transaction(store: J
         store._connection().set_trace_callback(None)
     assert claimed is not None and claimed.job_id == pending.job_id
     assert claimed.status is JobStatus.RUNNING and claimed.attempts == 1
+
+
+async def test_checkpoints_run_in_a_worker_thread_not_in_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer connection never checkpoints (it would fsync on the event loop); a
+    background task copies the WAL into the database file from a worker thread."""
+    from deepexec_server.jobs import store as store_module
+
+    monkeypatch.setattr(store_module, "_CHECKPOINT_INTERVAL", 0.02)
+    threads: set[int] = set()
+    checkpoint = store_module._checkpoint
+
+    def spy(path: Path, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        threads.add(threading.get_ident())
+        return checkpoint(path, conn)
+
+    monkeypatch.setattr(store_module, "_checkpoint", spy)
+    store = await JobStore.open_in(tmp_path)
+
+    def rows_in_database_file() -> int:
+        # immutable: read the database file alone, ignoring the WAL
+        conn = sqlite3.connect(f"file:{store.path}?immutable=1", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        except sqlite3.OperationalError:  # not even the table is in the file yet
+            return 0
+        finally:
+            conn.close()
+
+    try:
+        writer = store._connection()
+        assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for _ in range(20):
+            await store.insert(job())
+        for _ in range(250):
+            if rows_in_database_file() == 20:
+                break
+            await asyncio.sleep(0.02)
+        assert rows_in_database_file() == 20
+        assert threads and threading.get_ident() not in threads
+    finally:
+        await store.close()
 
 
 def test_rfc3339_is_utc_with_milliseconds_truncated() -> None:
