@@ -39,6 +39,25 @@ def success_example(response: str) -> dict[str, Any]:
     return next(e for e in DEFS[response]["examples"] if e["status"] == "success")
 
 
+#: the base URL the generated-layer tests call
+BASE = "http://deepexec.test"
+
+
+def call_args(name: str) -> tuple[dict[str, Any], str]:
+    """How to call operation ``name`` in these tests: its keyword arguments (path
+    parameters and a valid request body) and the URL the call goes to."""
+    op = constants.OPERATIONS[name]
+    kwargs: dict[str, Any] = {}
+    path = op.path
+    for param in op.path_params:
+        value = {"job_id": JOB_ID, "session_id": SESSION_ID}[param]
+        kwargs[param] = value
+        path = path.replace("{" + param + "}", value)
+    if op.request:
+        kwargs["body"] = request_body(op.request)
+    return kwargs, BASE + path
+
+
 def request_body(request: str) -> Any:
     """The first example of a request envelope, as its model."""
     return structure(DEFS[request]["examples"][0], MODEL_CLASSES[request])

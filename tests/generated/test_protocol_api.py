@@ -24,10 +24,14 @@ from aioresponses import aioresponses
 from deepexec_protocol import api, errors, models
 from deepexec_protocol.constants import ERROR_CODES, OPERATIONS
 from deepexec_protocol.converter import structure, unstructure
-from protocol_fixtures import JOB_ID, SESSION_ID, VERSION, request_body, success_example
+from protocol_fixtures import (
+    BASE,
+    VERSION,
+    call_args,
+    success_example,
+)
 from yarl import URL
 
-BASE = "http://deepexec.test"
 REQUEST_ID = "req_0123abcd"
 
 
@@ -58,16 +62,8 @@ class Case:
 
 
 def _case(name: str) -> Case:
-    op = OPERATIONS[name]
-    kwargs: dict[str, Any] = {}
-    path = op.path
-    for param in op.path_params:
-        value = {"job_id": JOB_ID, "session_id": SESSION_ID}[param]
-        kwargs[param] = value
-        path = path.replace("{" + param + "}", value)
-    if op.request:
-        kwargs["body"] = request_body(op.request)
-    return Case(name, kwargs, BASE + path)
+    kwargs, url = call_args(name)
+    return Case(name, kwargs, url)
 
 
 CASES = {name: _case(name) for name in OPERATIONS}

@@ -23,24 +23,17 @@ from aioresponses import aioresponses
 from deepexec_protocol import _http, _validators, api, errors, models
 from deepexec_protocol.constants import OPERATIONS
 from deepexec_protocol.converter import StructureError, structure, unstructure
-from protocol_fixtures import JOB_ID, SESSION_ID, VERSION, request_body, success_example
+from protocol_fixtures import (
+    BASE,
+    JOB_ID,
+    VERSION,
+    call_args,
+    request_body,
+    success_example,
+)
 from yarl import URL
 
-BASE = "http://deepexec.test"
 UNARY = [name for name, op in OPERATIONS.items() if not op.stream_event]
-
-
-def _call_args(name: str) -> tuple[dict[str, Any], str]:
-    op = OPERATIONS[name]
-    kwargs: dict[str, Any] = {}
-    path = op.path
-    for param in op.path_params:
-        value = {"job_id": JOB_ID, "session_id": SESSION_ID}[param]
-        kwargs[param] = value
-        path = path.replace("{" + param + "}", value)
-    if op.request:
-        kwargs["body"] = request_body(op.request)
-    return kwargs, BASE + path
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ async def test_asyncio_sends_what_the_reference_construction_sends(
     built them (payload = orjson.dumps(unstructure(body)), Accept and Content-Type, then the
     caller's headers, ClientTimeout(total=timeout))."""
     op = OPERATIONS[name]
-    kwargs, url = _call_args(name)
+    kwargs, url = call_args(name)
     module = getattr(api, name)
     extra = {"Idempotency-Key": "key-1", "X-Custom": "yes"}
     with aioresponses() as mocked:
