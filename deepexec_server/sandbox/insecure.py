@@ -47,7 +47,6 @@ from .process import (
     control_channel,
     env_payload,
     run_outcome,
-    send_control,
     start,
     supervise,
 )
@@ -204,11 +203,6 @@ class SubprocessExecutor(Executor):
             sp = self._spawn(command, env, work, spec, limits, pass_fds=[ctl_r], control=ctl)
         finally:
             os.close(ctl_r)
-        payload = env_payload(req.env)
-
-        async def go() -> None:
-            await send_control(sp, payload)
-
         raw = await supervise(
             sp,
             stdin=stdin,
@@ -216,6 +210,6 @@ class SubprocessExecutor(Executor):
             max_output=limits.max_output,
             on_output=on_output,
             t0=t0,
-            before_io=go,
+            control=env_payload(req.env),
         )
         return run_outcome(raw, via_bwrap=False, compile_output=None)

@@ -176,7 +176,6 @@ from .process import (
     control_channel,
     env_payload,
     run_outcome,
-    send_control,
     send_what_fits,
     start,
     supervise,
@@ -1302,10 +1301,6 @@ class LocalExecutor(Executor):
                     assert pending is not None
                     pending = send_what_fits(sp.control, pending)
 
-            async def go() -> None:
-                assert pending is not None
-                await send_control(sp, pending)
-
             raw = await supervise(
                 sp,
                 stdin=stdin,
@@ -1313,7 +1308,7 @@ class LocalExecutor(Executor):
                 max_output=limits.max_output,
                 on_output=on_output,
                 t0=t0,
-                before_io=None if pending is None else go,
+                control=pending,
             )
             outcome = run_outcome(raw, via_bwrap=True, compile_output=None)
             exited = True

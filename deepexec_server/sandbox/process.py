@@ -493,13 +493,15 @@ async def supervise(
     max_output: int,
     on_output: OutputCallback | None,
     t0: float,
-    before_io: Callable[[], Awaitable[None]] | None = None,
+    control: bytes | None = None,
 ) -> RawResult:
     """Drive ``sp`` to completion (see the module docstring).
 
     ``t0`` is the ``time.monotonic()`` the run is measured from; the timeout counts
-    from it too. ``before_io`` runs once the pipes are being read (the warm path sends
-    the control data there, so output produced immediately is never missed).
+    from it too. ``control``: control data still to send to ``sp`` (then EOF), sent once
+    the pipes are being read, so that a program blocked on a full pipe cannot keep the
+    rest from arriving (what fits the socket's buffer is best sent before, with
+    :func:`send_what_fits`).
     On cancellation the tree is killed and reaped before ``CancelledError`` propagates.
     """
     loop = asyncio.get_running_loop()
@@ -525,8 +527,8 @@ async def supervise(
             transports.append(transport)
             protos.append(proto)
             dispatcher.pausers.append(proto.pause)
-        if before_io is not None:
-            await before_io()
+        if control is not None:
+            await send_control(sp, control)
         if sp.stdin_w is not None:
             fd, sp.stdin_w = sp.stdin_w, None
             if stdin:
