@@ -16,7 +16,10 @@ Observable details, identical for cold and warm runs:
   atexit callbacks run, files left open flushed, the same exit status and messages),
   then the process exits without tearing every module down (os._exit: ~3 ms of CPU
   less per run; an object's ``__del__`` that needs a module already torn down at a
-  bare interpreter's exit may run where it would have failed there). The program is
+  bare interpreter's exit may run where it would have failed there). The objects of
+  the interpreter's start-up are frozen (``gc.freeze()``, so ``gc.get_freeze_count()``
+  is not 0): collections, the final one included, look only at the program's objects
+  (the final one took ~0.8 ms of a ``print(1)`` run, most of its tail). The program is
   compiled as the interpreter compiles a script (exec of its source, caught by an
   audit hook before it runs, then named after its file): the same code objects as
   ``compile(source, path, "exec")``, without that builtin's one-time set-up of the
@@ -111,6 +114,11 @@ def _deepexec_boot(fd, path, wd):
     hook_works = bool(caught) and caught.pop().co_filename == "<string>"
     if not hook_works:
         compile("", "<string>", "exec")  # pay the set-up now, before "R"
+    # Every object alive now (the interpreter's start-up, this bootstrap) goes to gc's
+    # permanent generation: the collection at the program's end then looks only at what
+    # the program made (~0.8 ms less on every run's critical path).
+    import gc
+    gc.freeze()
     os.write(fd, b"R")
     chunks = []
     while True:

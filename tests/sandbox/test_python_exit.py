@@ -52,6 +52,14 @@ CASES = {
     "__del__ of a global": (
         "class Noisy:\n    def __del__(self):\n        print('deleted')\nn = Noisy()\nprint('main')"
     ),
+    # made after the start-up's objects were frozen (gc.freeze): the last collection
+    # still finds the program's own garbage cycles
+    "garbage cycle with __del__": (
+        "class Node:\n"
+        "    def __init__(self):\n        self.me = self\n"
+        "    def __del__(self):\n        print('collected')\n"
+        "Node()\nprint('main')"
+    ),
     "pools left running": (
         "import multiprocessing as mp, concurrent.futures as cf\n"
         "def sq(x):\n    return x * x\n"
