@@ -26,8 +26,9 @@ The three are interleaved round by round (bare, cold, warm, bare, cold, ...), so
 load spike on a shared machine hits all of them alike. Prints the ratios to bare and
 the sandbox creation overhead (cold - bare, median of the per-round differences),
 then cold vs warm for the other interpreted languages (each with a warm pool
-here: a server keeps only python and bash warm by default, ``warm_languages``). Issue targets: overhead
-<= 10 ms, cold <= 1.3 x bare (issue #5), warm <= 1.0 x bare. Needs root and
+here: a server keeps only python and bash warm by default, ``warm_languages``).
+Issue targets: overhead <= 10 ms, cold <= 1.3 x bare (issue #5), warm <= 1.0 x
+bare. Needs root and
 bubblewrap (scripts/install-system-deps.sh); elsewhere it says so and exits 0.
 Other load on the machine moves these figures by +-20%: compare runs made back to
 back.
