@@ -45,6 +45,8 @@ class EnumIR:
     name: str
     description: str
     members: list[tuple[str, str]]
+    # in no request or query: a newer MINOR version may add values, which clients keep
+    response_only: bool = False
 
 
 @dataclass
@@ -71,6 +73,7 @@ class OperationIR:
     path_params: list[str]
     query: str | None
     stream_terminal: list[str]
+    stream_events: list[str] = field(default_factory=list)  # 'type' of every event model
 
 
 @dataclass
@@ -94,6 +97,11 @@ class ProtocolIR:
     operations: list[OperationIR]
     error_codes: list[ErrorCodeIR]
     exception_bases: dict[str, str]
+
+    @property
+    def response_only_enums(self) -> list[str]:
+        """The enums no request or query contains (their unknown values are kept)."""
+        return [e.name for e in self.enums if e.response_only]
 
 
 def _ref_name(ref: str | None) -> str | None:
@@ -203,6 +211,47 @@ def _reachable(defs: dict[str, Any], roots: list[str]) -> set[str]:
     return seen
 
 
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _request_side(
+    roots: set[str], models: list[ModelIR], aliases: list[AliasIR], unions: list[AliasIR]
+) -> set[str]:
+    """Every type name a request or query can contain, starting from ``roots``: the types of
+    the fields of each model reached (arrays, optionals and inline unions included), alias
+    targets and union members, transitively. Inline types the parser named (an inline enum
+    such as HealthState, array items) are not in $defs, so this follows the type hints."""
+    edges: dict[str, set[str]] = {}
+    for mdl in models:
+        edges[mdl.name] = {
+            ident for f in mdl.fields if f.const is None for ident in _IDENT.findall(f.type_hint)
+        }
+    for a in aliases:
+        edges[a.name] = set(_IDENT.findall(a.target))
+    for u in unions:
+        edges[u.name] = set(u.union_members)
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(edges.get(name, ()))
+    return seen
+
+
+def _event_tags(
+    event: str | None, union_members: dict[str, list[str]], models: dict[str, ModelIR]
+) -> list[str]:
+    """The ``type`` of every model of a stream's event union (of its one model)."""
+    if event is None:
+        return []
+    tags = [models[name].tag for name in union_members.get(event, [event])]
+    if None in tags:
+        raise SystemExit(f"stream event {event}: every event model needs a const 'type'")
+    return [t for t in tags if t is not None]
+
+
 def build_ir(bundle: dict[str, Any]) -> ProtocolIR:
     """Build the IR of the whole protocol from the bundled schema."""
     defs: dict[str, Any] = bundle["$defs"]
@@ -273,6 +322,13 @@ def build_ir(bundle: dict[str, Any]) -> ProtocolIR:
             # required (no default) first keeps the source readable; kw_only makes order free
             fields.sort(key=lambda x: (x.default is not None and x.const is None, 0))
             models.append(ModelIR(name, desc, fields, strict=name in strict, tag=tag))
+    # request side: reached from a request or query by $ref, or by the fields' type hints
+    strict |= _request_side(strict, models, aliases, unions)
+    for mdl in models:
+        mdl.strict = mdl.name in strict
+    for enum in enums:
+        enum.response_only = enum.name not in strict
+    union_members = {u.name: u.union_members for u in unions}
     model_names = {m.name: m for m in models}
     operations = []
     for o in ops_raw:
@@ -287,6 +343,7 @@ def build_ir(bundle: dict[str, Any]) -> ProtocolIR:
             stream_event=_ref_name(o["stream_event"]), idempotent=o["idempotent"],
             idempotency_key=o["idempotency_key"], path_params=list(o["path_params"]),
             query=_ref_name(o["query"]), stream_terminal=list(o.get("stream_terminal", [])),
+            stream_events=_event_tags(_ref_name(o["stream_event"]), union_members, model_names),
         ))
     errors = [
         ErrorCodeIR(code, v["http_status"], v["exception"], v["retryable"], v["description"])

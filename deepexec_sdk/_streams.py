@@ -97,14 +97,17 @@ class ExecutionStream:
                 events = self._client._follow(self.job_id)
                 async for event in events:
                     if isinstance(event, m.JobOutputEvent):
+                        # a stream name of a later MINOR version is counted like the others
+                        # (OutputStream keeps values it does not know); it has no callback
                         name = event.stream.value
-                        if skip[name] >= len(event.data):
-                            skip[name] -= len(event.data)
+                        done = skip.get(name, 0)
+                        if done >= len(event.data):
+                            skip[name] = done - len(event.data)
                             continue
-                        if skip[name]:
-                            event = attrs.evolve(event, data=event.data[skip[name] :])
+                        if done:
+                            event = attrs.evolve(event, data=event.data[done:])
                             skip[name] = 0
-                        seen[name] += len(event.data)
+                        seen[name] = seen.get(name, 0) + len(event.data)
                         failures = 0
                         callback = self._callbacks.get(event.stream.value)
                         if callback is not None:

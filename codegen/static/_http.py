@@ -8,12 +8,14 @@ truncated or wrong-version response never leaks a KeyError, TypeError or JSONDec
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 from urllib.parse import quote
 
 import aiohttp
+import attrs
 import orjson
 
 from . import errors
@@ -26,6 +28,8 @@ T = TypeVar("T")
 
 JSON_TYPES = ("application/json",)
 SSE_TYPE = "text/event-stream"
+
+_log = logging.getLogger("deepexec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +76,9 @@ def _raise_for_unknown_error(
 ) -> None:
     """Raise the error of an error envelope that does not fit the model, if it has one.
 
-    A newer server of the same protocol year may send an error code this SDK predates (MINOR
-    bumps add enum members): the envelope then fails to structure, but its code and message
-    still say what happened, and exception_for_code maps an unknown code to MCPError.
+    An error code this SDK predates (MINOR bumps add codes) structures as it is (ErrorCode is
+    response-only); an envelope broken elsewhere still carries a code and message that say
+    what happened, and exception_for_code maps an unknown code to MCPError.
     """
     error = data.get("error")
     if data.get("status") != "error" or not isinstance(error, dict):
@@ -172,6 +176,15 @@ def _decode(
                 "error response without an error object", http_status=status, request_id=request_id
             )
         _raise_for_error(envelope.error, status, request_id, headers)
+    elif envelope.status != "success":
+        # ResponseStatus keeps a value it does not know, but only these two say how to read
+        # the envelope: another one is no answer this SDK can use
+        raise errors.MCPProtocolError(
+            f"unknown response status {str(envelope.status)!r:.40}",
+            http_status=status,
+            request_id=request_id,
+            details={"path": "status"},
+        )
     elif envelope.output is None:
         raise errors.MCPProtocolError(
             "success response without an output", http_status=status, request_id=request_id
@@ -347,6 +360,12 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
         pass
 
 
+def event_types(event_type: Any) -> frozenset[str]:
+    """The ``type`` of every event model of ``event_type`` (a union of models, or one)."""
+    members = get_args(event_type) or (event_type,)
+    return frozenset(str(attrs.fields_dict(cls)["type"].default) for cls in members)
+
+
 async def stream(
     session: aiohttp.ClientSession,
     base_url: str,
@@ -355,6 +374,7 @@ async def stream(
     path: str,
     event_type: Any,
     terminal: frozenset[str],
+    known: frozenset[str] | None = None,
     body: Any = None,
     path_params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
@@ -365,7 +385,15 @@ async def stream(
     A stream_error event raises its typed exception; a stream that ends before a terminal
     event raises MCPConnectionError. ``timeout`` bounds the wait for the response head and
     for each chunk, not the whole stream.
+
+    An event whose ``type`` is a string naming none of ``known`` (the event types of
+    ``event_type``, by default) is skipped, as SSE clients skip event types they do not
+    know: a server of a later MINOR version may add some. An event of a known type that does
+    not fit its model, data that is not JSON, or a missing or non-string ``type`` raises
+    MCPProtocolError.
     """
+    if known is None:
+        known = event_types(event_type)
     payload = _body(body)
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     try:
@@ -392,6 +420,10 @@ async def stream(
                 for sse in decoder.feed(chunk):
                     try:
                         data = orjson.loads(sse.data)
+                        tag = data.get("type") if data.__class__ is dict else None
+                        if tag.__class__ is str and tag not in known:
+                            _log.debug("skipped a stream event of unknown type %.64r", tag)
+                            continue
                         event = structure(data, event_type)
                     except (orjson.JSONDecodeError, StructureError) as exc:
                         raise errors.MCPProtocolError(

@@ -5,9 +5,10 @@ and run `make generate`.
 
 Structuring is strict about types (no silent str(5) or int("5"), no string taken for an
 array), rejects unknown keys in request-side models and tolerates them in response-side models
-(forward compatibility), and tells tagged unions apart by their ``type`` field. Unstructuring
-omits optional fields whose value is None. A failure raises StructureError naming the
-offending path.
+(forward compatibility), keeps an unknown string value of a response-only enum (one no
+request or query contains: a later MINOR version may add values) but rejects one of any other
+enum, and tells tagged unions apart by their ``type`` field. Unstructuring omits optional
+fields whose value is None. A failure raises StructureError naming the offending path.
 
 Two converters share those rules. ``converter`` carries hooks specialised per model, rendered
 from the same validator expressions as the models' attrs fields: they check types and simple
@@ -87,6 +88,8 @@ def _strict_bool(value: Any, _: Any) -> bool:
 
 
 def _enum_member(value: Any, cls: type[StrEnum]) -> StrEnum:
+    """The member of ``value``; for a response-only enum, an unknown string gives the
+    instance that keeps it (the enum's ``_missing_``), for any other enum a ValueError."""
     if not isinstance(value, str):
         raise _type_error("a string", value)
     try:
@@ -1071,7 +1074,9 @@ def _s_CancelJobResponse(d: Any, _: Any = None) -> m.CancelJobResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_CancelJobResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -1145,7 +1150,9 @@ def _s_CloseSessionResponse(d: Any, _: Any = None) -> m.CloseSessionResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_CloseSessionResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -1364,7 +1371,9 @@ def _s_CodeExecutionResponse(d: Any, _: Any = None) -> m.CodeExecutionResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_CodeExecutionResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -1609,7 +1618,9 @@ def _s_CreateSessionResponse(d: Any, _: Any = None) -> m.CreateSessionResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_CreateSessionResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -1673,7 +1684,9 @@ def _s_ErrorObject(d: Any, _: Any = None) -> m.ErrorObject:
     try:
         v = _E_ErrorCode[v]
     except KeyError:
-        raise _enum_error(m.ErrorCode, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ErrorCode, v) from None
+        v = m.ErrorCode(v)  # response-only: a value of a later MINOR version, kept
     _set_ErrorObject__code(o, v)
     v = d["message"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -1708,7 +1721,9 @@ def _s_HealthInfo(d: Any, _: Any = None) -> m.HealthInfo:
     try:
         v = _E_HealthState[v]
     except KeyError:
-        raise _enum_error(m.HealthState, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.HealthState, v) from None
+        v = m.HealthState(v)  # response-only: a value of a later MINOR version, kept
     _set_HealthInfo__status(o, v)
     v = d["version"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -1783,7 +1798,9 @@ def _s_HealthResponse(d: Any, _: Any = None) -> m.HealthResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_HealthResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -1927,7 +1944,9 @@ def _s_JobOutputEvent(d: Any, _: Any = None) -> m.JobOutputEvent:
     try:
         v = _E_OutputStream[v]
     except KeyError:
-        raise _enum_error(m.OutputStream, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.OutputStream, v) from None
+        v = m.OutputStream(v)  # response-only: a value of a later MINOR version, kept
     _set_JobOutputEvent__stream(o, v)
     v = d["data"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -2218,7 +2237,9 @@ def _s_JobStatusResponse(d: Any, _: Any = None) -> m.JobStatusResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_JobStatusResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -2458,7 +2479,9 @@ def _s_ListJobsResponse(d: Any, _: Any = None) -> m.ListJobsResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_ListJobsResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -2532,7 +2555,9 @@ def _s_ListLanguagesResponse(d: Any, _: Any = None) -> m.ListLanguagesResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_ListLanguagesResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -2825,7 +2850,9 @@ def _s_SubmitJobResponse(d: Any, _: Any = None) -> m.SubmitJobResponse:
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_SubmitJobResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:
@@ -3110,7 +3137,9 @@ def _s_TextGenerationResponse(d: Any, _: Any = None) -> m.TextGenerationResponse
     try:
         v = _E_ResponseStatus[v]
     except KeyError:
-        raise _enum_error(m.ResponseStatus, v) from None
+        if not isinstance(v, str):
+            raise _enum_error(m.ResponseStatus, v) from None
+        v = m.ResponseStatus(v)  # response-only: a value of a later MINOR version, kept
     _set_TextGenerationResponse__status(o, v)
     v = d.get("session_id")
     if v is not None:

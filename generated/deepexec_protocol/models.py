@@ -76,10 +76,37 @@ __all__ = [
     "TextGenerationStreamEvent",
 ]
 
+#: unknown values of response-only enums met so far, by (enum, value); bounded, so a peer
+#: sending ever new values cannot grow it without limit (past the bound: new objects, equal)
+_UNKNOWN_VALUES: dict[tuple[type[StrEnum], str], StrEnum] = {}
+_UNKNOWN_VALUES_MAX = 256
+
+
+def _unknown_value(cls: type[StrEnum], value: object) -> Any:
+    """A value of the response-only enum ``cls`` that this version does not know (a server
+    of a later MINOR version may add some): an instance of ``cls`` that keeps it (``.value``
+    and ``.name`` are the string; equal to it). It is not one of the class's members:
+    iteration, ``__members__`` and ``len`` give the known members only. Anything but a
+    string is still no value of ``cls`` (None: the enum raises its ValueError)."""
+    if not isinstance(value, str):
+        return None
+    text = str.__str__(value)  # a plain str, also for a str subclass
+    key = (cls, text)
+    found = _UNKNOWN_VALUES.get(key)
+    if found is None:
+        found = str.__new__(cls, text)
+        found._value_ = text
+        found._name_ = text
+        if len(_UNKNOWN_VALUES) < _UNKNOWN_VALUES_MAX:
+            _UNKNOWN_VALUES[key] = found
+    return found
+
 
 class ErrorCode(StrEnum):
     """Machine-readable error code. Each code maps to one HTTP status and one SDK exception
-    class (see x-error-codes in protocol.schema.json)."""
+    class (see x-error-codes in protocol.schema.json).
+
+    Response-only: a value this version does not know is kept, not rejected."""
 
     INVALID_REQUEST = "invalid_request"
     VALIDATION_ERROR = "validation_error"
@@ -99,12 +126,22 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        return _unknown_value(cls, value)
+
 
 class HealthState(StrEnum):
-    """HealthState"""
+    """HealthState
+
+    Response-only: a value this version does not know is kept, not rejected."""
 
     OK = "ok"
     DEGRADED = "degraded"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        return _unknown_value(cls, value)
 
 
 class JobState(StrEnum):
@@ -126,17 +163,29 @@ class JobType(StrEnum):
 
 
 class OutputStream(StrEnum):
-    """Which standard stream a chunk of program output came from."""
+    """Which standard stream a chunk of program output came from.
+
+    Response-only: a value this version does not know is kept, not rejected."""
 
     STDOUT = "stdout"
     STDERR = "stderr"
 
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        return _unknown_value(cls, value)
+
 
 class ResponseStatus(StrEnum):
-    """Whether a response envelope carries an output (success) or an error (error)."""
+    """Whether a response envelope carries an output (success) or an error (error).
+
+    Response-only: a value this version does not know is kept, not rejected."""
 
     SUCCESS = "success"
     ERROR = "error"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        return _unknown_value(cls, value)
 
 
 JobId: TypeAlias = str

@@ -3,13 +3,15 @@
 aioresponses cannot feed a response in chunks, so a real server writes server-sent events
 cut at awkward places (mid-line, inside a UTF-8 character, between CR and LF), with
 comments, multi-line data and CR LF / CR line endings, and the client must still yield the
-right typed events.
+right typed events. An event of a type the stream does not know (a later MINOR version's) is
+skipped; one of a known type that does not fit its model is a protocol error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from deepexec_protocol import api, errors, models
+from deepexec_protocol import _http, api, errors, models
 from deepexec_protocol.converter import structure
 from protocol_fixtures import DEFS, JOB_ID, VERSION, request_body
 
@@ -217,6 +219,7 @@ CUT_SCRIPTS: dict[str, Callable[[], Script]] = {
     "chunks but no done": lambda: [frame(chunk(0, "a")), frame(chunk(1, "b"))],
     "cut inside an event": lambda: [frame(chunk(0, "a")), frame(DONE)[:25]],
     "done without blank line": lambda: [frame(chunk(0, "a")), frame(DONE)[:-1]],
+    "an unknown event, no done": lambda: [frame(chunk(0, "a")), frame({"type": "text_later"})],
 }
 
 
@@ -251,9 +254,106 @@ async def test_malformed_event_is_a_protocol_error(
     with pytest.raises(errors.MCPProtocolError) as raised:
         await collect(text_stream(session, server.base))
     assert "index" in str(raised.value)
-    server.script = [frame({"type": "job_output_event"})]  # not an event of this stream
-    with pytest.raises(errors.MCPProtocolError):
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"index": 0, "delta": "a"},  # no type
+        {"type": 5, "index": 0, "delta": "a"},
+        {"type": None},
+        {"type": ["text_generation_chunk"]},
+        ["text_generation_chunk"],
+        "text_generation_chunk",
+    ],
+    ids=["no type", "type a number", "type null", "type an array", "an array", "a string"],
+)
+async def test_event_without_a_string_type_is_a_protocol_error(
+    data: Any, server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
+    server.script = [frame(chunk(0, "a")), frame(data), frame(DONE)]
+    with pytest.raises(errors.MCPProtocolError) as raised:
         await collect(text_stream(session, server.base))
+    assert type(raised.value) is errors.MCPProtocolError
+
+
+UNKNOWN_TEXT_EVENT = {"type": "text_generation_thinking", "delta": "hmm", "index": "x"}
+
+
+async def test_unknown_event_type_is_skipped(
+    server: ScriptedServer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server of a later MINOR version may add event types: the SSE convention is to skip
+    the ones a client does not know; the events after it still arrive, up to the final one."""
+    server.script = [
+        frame(chunk(0, "a")),
+        frame(UNKNOWN_TEXT_EVENT, event="thinking"),
+        frame({"type": "job_output_event"}),  # a type of another stream: not this one's
+        frame(chunk(1, "b")),
+        frame(DONE, event="done"),
+    ]
+    with caplog.at_level(logging.DEBUG, logger="deepexec"):
+        events = await collect(text_stream(session, server.base))
+    assert events == [
+        models.TextGenerationChunk(index=0, delta="a"),
+        models.TextGenerationChunk(index=1, delta="b"),
+        structure(DONE, models.TextGenerationDone),
+    ]
+    skipped = [r.getMessage() for r in caplog.records if "unknown type" in r.getMessage()]
+    assert skipped == [
+        "skipped a stream event of unknown type 'text_generation_thinking'",
+        "skipped a stream event of unknown type 'job_output_event'",
+    ]
+
+
+async def test_unknown_job_event_type_is_skipped(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
+    kinds = ["JobStatusEvent", "JobOutputEvent", "JobResultEvent"]
+    later = {"type": "job_log_event", "job_id": JOB_ID, "line": "x", "timestamp": 5}
+    server.script = [
+        frame(_job_event(kinds[0])),
+        frame(later, event="job_log_event"),
+        frame(_job_event(kinds[1])),
+        frame(later),
+        frame(_job_event(kinds[2])),
+    ]
+    events = await collect(api.job_events.stream(session, server.base, job_id=JOB_ID))
+    assert [type(e).__name__ for e in events] == kinds
+
+
+async def test_known_event_type_with_a_bad_body_after_an_unknown_one_raises(
+    server: ScriptedServer, session: aiohttp.ClientSession
+) -> None:
+    server.script = [
+        frame(chunk(0, "a")),
+        frame(UNKNOWN_TEXT_EVENT),
+        frame({"type": "text_generation_chunk", "index": 1}),  # no delta
+        frame(DONE),
+    ]
+    seen: list[Any] = []
+    with pytest.raises(errors.MCPProtocolError) as raised:
+        async for event in text_stream(session, server.base):
+            seen.append(event)
+    assert type(raised.value) is errors.MCPProtocolError
+    assert "delta" in str(raised.value)
+    assert seen == [models.TextGenerationChunk(index=0, delta="a")]
+
+
+def _schema_tag(cls: type[Any]) -> str:
+    """The ``type`` the schema gives an event model (its const discriminator)."""
+    value: str = DEFS[cls.__name__]["properties"]["type"]["const"]
+    return value
+
+
+@pytest.mark.parametrize("name", ["text_generation_stream", "submit_job_stream", "job_events"])
+def test_each_stream_knows_the_types_of_its_event_union(name: str) -> None:
+    module = getattr(api, name)
+    union = getattr(models, module.OPERATION.stream_event)
+    tags = {_schema_tag(member) for member in union.__args__}
+    assert module.EVENT_TYPES == tags == _http.event_types(union)
+    assert module.TERMINAL_EVENTS <= module.EVENT_TYPES
+    assert "stream_error" in module.EVENT_TYPES
 
 
 @pytest.mark.parametrize(

@@ -327,6 +327,35 @@ async def test_execute_code_stream_yields_stdout_and_stderr_in_order(
     assert submit.json()["input"]["data"]["code"].startswith("print('a')")
 
 
+async def test_execute_code_stream_yields_output_of_a_stream_it_does_not_know(
+    live: Facade, server: ScriptedServer
+) -> None:
+    """OutputStream is response-only: a later MINOR version may add a stream name. Its
+    chunks are yielded (no callback is called for them), the others are unaffected."""
+    _code_job_server(
+        server,
+        [
+            status_event("RUNNING"),
+            output_event("stdout", "a\n"),
+            output_event("stdlog", "note\n"),
+            output_event("stdout", "b\n"),
+            result_event(FINISHED),
+        ],
+    )
+    out: list[str] = []
+
+    stream = await live("execute_code_stream", "print(1)", "python", on_stdout=out.append)
+    chunks = await live.drain(stream)
+
+    assert [(c.stream.value, c.data) for c in chunks] == [
+        ("stdout", "a\n"),
+        ("stdlog", "note\n"),
+        ("stdout", "b\n"),
+    ]
+    assert out == ["a\n", "b\n"]
+    assert stream.result is not None and stream.result.stdout == "a\nb\n"
+
+
 async def test_execute_code_stream_awaits_async_callbacks(
     live: Facade, server: ScriptedServer
 ) -> None:

@@ -260,10 +260,29 @@ async def test_a_permanent_stream_error_event_is_raised(
         await live("wait_for_job", JOB_ID)
 
 
-async def test_unknown_events_are_rejected_as_protocol_errors(
+async def test_unknown_events_are_skipped(live: Facade, server: ScriptedServer) -> None:
+    """An event type of a later MINOR version is skipped (the SSE convention)."""
+    server.on_sse(
+        "GET",
+        EVENTS,
+        [
+            status_event("RUNNING", 0),
+            sse("job_weird_event", {"type": "job_weird_event"}),
+            result_event(DONE),
+        ],
+    )
+
+    status = await live("wait_for_job", JOB_ID)
+
+    assert status.status == JobState.COMPLETED
+
+
+async def test_a_known_event_that_does_not_fit_is_a_protocol_error(
     live: Facade, server: ScriptedServer
 ) -> None:
-    server.on_sse("GET", EVENTS, [sse("job_weird_event", {"type": "job_weird_event"})])
+    server.on_sse(
+        "GET", EVENTS, [sse("job_progress_event", {"type": "job_progress_event", "job_id": 5})]
+    )
 
     with pytest.raises(MCPProtocolError):
         await live("wait_for_job", JOB_ID)

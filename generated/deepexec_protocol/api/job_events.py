@@ -20,6 +20,17 @@ from ..models import JobEvent
 
 OPERATION = OPERATIONS["job_events"]
 TERMINAL_EVENTS = frozenset(OPERATION.stream_terminal)
+EVENT_TYPES = frozenset(
+    (
+        "job_status_event",
+        "job_progress_event",
+        "job_output_event",
+        "job_result_event",
+        "stream_error",
+    )
+)
+"""The event types of this stream; an event of another type (which a server of a later MINOR
+version may send) is skipped."""
 
 
 def _get_kwargs(
@@ -50,12 +61,15 @@ def stream(
     Yields typed events until the final one (job_result_event, stream_error).
     A stream_error event raises its MCPError subclass; a stream cut before its final event
     raises MCPConnectionError. ``timeout`` bounds each wait for data, not the whole stream.
+    An event of a type not in EVENT_TYPES (a later MINOR version's) is skipped; one of a
+    known type that does not fit its model raises MCPProtocolError.
     """
     return _http.stream(
         session,
         base_url,
         event_type=JobEvent,
         terminal=TERMINAL_EVENTS,
+        known=EVENT_TYPES,
         timeout=timeout,
         **_get_kwargs(job_id=job_id, headers=headers),
     )

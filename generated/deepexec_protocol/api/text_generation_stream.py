@@ -19,6 +19,9 @@ from ..models import TextGenerationRequest, TextGenerationStreamEvent
 
 OPERATION = OPERATIONS["text_generation_stream"]
 TERMINAL_EVENTS = frozenset(OPERATION.stream_terminal)
+EVENT_TYPES = frozenset(("text_generation_chunk", "text_generation_done", "stream_error"))
+"""The event types of this stream; an event of another type (which a server of a later MINOR
+version may send) is skipped."""
 
 
 def _get_kwargs(
@@ -48,12 +51,15 @@ def stream(
     Yields typed events until the final one (text_generation_done, stream_error).
     A stream_error event raises its MCPError subclass; a stream cut before its final event
     raises MCPConnectionError. ``timeout`` bounds each wait for data, not the whole stream.
+    An event of a type not in EVENT_TYPES (a later MINOR version's) is skipped; one of a
+    known type that does not fit its model raises MCPProtocolError.
     """
     return _http.stream(
         session,
         base_url,
         event_type=TextGenerationStreamEvent,
         terminal=TERMINAL_EVENTS,
+        known=EVENT_TYPES,
         timeout=timeout,
         **_get_kwargs(body=body, headers=headers),
     )
