@@ -222,7 +222,46 @@ def _url(base_url: str, path: str, path_params: Mapping[str, str] | None) -> str
 
 
 def _body(body: Any) -> bytes | None:
-    return None if body is None else orjson.dumps(unstructure(body))
+    return None if body is None else _encode(unstructure(body))
+
+
+def _encode(data: Any) -> bytes:
+    """``data`` as JSON; a string that is not valid Unicode (a lone surrogate, which JSON
+    text can not carry as UTF-8) raises MCPValidationError naming its field."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        path = _unencodable_path(data, "")
+        where = f"{path}: " if path else ""
+        raise errors.MCPValidationError(
+            f"invalid request: {where}not valid Unicode ({exc})",
+            code="validation_error",
+            details={"path": path} if path else {},
+        ) from None
+
+
+def _unencodable_path(value: Any, path: str) -> str | None:
+    """The path (``input.code``, ``input.tags[1]``) of the first string in ``value`` that is
+    not valid Unicode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _unencodable_path(key, path) is not None:
+                return f"{path}.{key}" if path else key
+            found = _unencodable_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _unencodable_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 _ACCEPT_JSON = {"Accept": "application/json"}
@@ -294,7 +333,11 @@ async def exchange(
         payload = None
         base_headers = _ACCEPT_JSON
     else:
-        payload = orjson.dumps(unstructure(body))
+        data = unstructure(body)
+        try:
+            payload = orjson.dumps(data)
+        except orjson.JSONEncodeError:
+            payload = _encode(data)  # raises MCPValidationError naming the field
         base_headers = _ACCEPT_JSON_WITH_BODY
     if timeout is None:
         client_timeout = None

@@ -219,3 +219,44 @@ def test_remembered_values_are_accepted_and_others_rejected_as_before() -> None:
     for bad in ("2024.1\n", "2024.1 ", "v2024.1", "20241"):
         with pytest.raises(StructureError, match="protocol_version"):
             structure({**data, "protocol_version": bad}, models.CodeExecutionResponse)
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"input": {"code": "\ud800"}}, "input.code"),
+        ({"input": {"tags": ["ok", "x\udcff"]}}, "input.tags[1]"),
+        ({"input": {"environment": {"A": "fine", "B": "\ud800"}}}, "input.environment.B"),
+        ({"input": {"environment": {"\ud800": "x"}}}, "input.environment.\ud800"),
+    ],
+)
+def test_a_string_that_is_no_unicode_text_is_a_validation_error_naming_it(
+    data: dict[str, Any], path: str
+) -> None:
+    """A lone surrogate can not go out as UTF-8 JSON: the body encoder (hot and plain path
+    alike) raises MCPValidationError with the field's path, not orjson's TypeError."""
+    with pytest.raises(errors.MCPValidationError) as info:
+        _http._encode(data)
+    assert info.value.path == path
+    assert info.value.code == "validation_error"
+    assert _http._encode({"input": {"code": "ok \u00e9 \U0001f600"}}) == orjson.dumps(
+        {"input": {"code": "ok \u00e9 \U0001f600"}}
+    )
+
+
+async def test_exchange_rejects_a_body_that_is_no_unicode_text_before_sending(
+    session: aiohttp.ClientSession,
+) -> None:
+    body = structure(
+        {
+            "protocol_version": VERSION,
+            "type": "code_execution",
+            "input": {"code": "print('\ud800')", "language": "python"},
+        },
+        models.CodeExecutionRequest,
+    )
+    with aioresponses() as mocked:  # nothing registered: any request would fail otherwise
+        with pytest.raises(errors.MCPValidationError) as info:
+            await api.code_execution.asyncio(session, BASE, body=body)
+        assert mocked.requests == {}
+    assert info.value.path == "input.code"

@@ -95,6 +95,20 @@ VALIDATION_CASES: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = [
     ("input.reason", "cancel_job", (JOB_ID,), {"reason": "x" * 501}),
     ("input.ttl", "create_session", (), {"ttl": 0}),
     ("session_id", "close_session", ("sess_x",), {}),
+    # a lone surrogate: a str that is no Unicode text, which JSON can not carry
+    ("input.code", "execute_code_and_wait", ("print('\ud800')", "python"), {}),
+    ("input.stdin", "execute_code_and_wait", CODE, {"stdin": "\udcff"}),
+    ("input.environment.A", "execute_code_and_wait", CODE, {"environment": {"A": "\ud800"}}),
+    ("input.prompt", "generate_text_and_wait", ("Hi \ud800",), {}),
+    ("input.prompt", "generate_text_stream", ("Hi \ud800",), {}),
+    ("input.data.code", "execute_code_job", ("\ud800", "python"), {}),
+    ("input.data.code", "execute_code_stream", ("\ud800", "python"), {}),
+    (
+        "input.name",
+        "submit_job",
+        ("n\ud800", "code_execution", {"code": "x", "language": "py"}),
+        {},
+    ),
 ]
 
 
