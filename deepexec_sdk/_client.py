@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import re
 import time
@@ -131,6 +132,27 @@ def _validation_error(exc: StructureError, prefix: str) -> MCPValidationError:
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _check_seconds(value: float | None, name: str, *, zero_ok: bool) -> None:
+    """A duration argument of the SDK itself (not sent): None, or a finite number of
+    seconds, > 0 (``zero_ok``: >= 0)."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero_ok)
+    ):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise MCPValidationError(
+            f"invalid request: {name}: expected a finite number of seconds {bound}, "
+            f"got {value!r:.40}",
+            code="validation_error",
+            details={"path": name},
+        )
 
 
 class DeepExecAsyncClient:
@@ -956,6 +978,12 @@ class DeepExecAsyncClient:
             MCPRateLimitError: too many unfinished jobs or requests for this token.
             MCPConnectionError: the server can not be reached.
         """
+        if not isinstance(data, Mapping):
+            raise MCPValidationError(
+                f"invalid request: input.data: expected an object, got {type(data).__name__}",
+                code="validation_error",
+                details={"path": "input.data"},
+            )
         job_data = _drop_none(dict(data))
         payload: dict[str, Any] = {
             "name": name,
@@ -963,7 +991,8 @@ class DeepExecAsyncClient:
             "data": job_data,
             "timeout": timeout,
             "priority": priority,
-            "tags": list(tags) if tags is not None else None,
+            # any iterable of tags, but a string is no list of tags: validation rejects it
+            "tags": tags if tags is None or isinstance(tags, str | bytes) else list(tags),
         }
         if payload["job_type"] not in {t.value for t in m.JobType}:
             raise MCPValidationError(
@@ -1070,9 +1099,11 @@ class DeepExecAsyncClient:
             MCPValidationError: bad arguments, at once (nothing is sent).
             MCPConnectionError: the server can not be reached (raised by the iteration).
         """
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
             raise MCPValidationError(
-                f"invalid request: limit: expected a whole number, got {type(limit).__name__}",
+                f"invalid request: limit: expected a whole number >= 0, got {limit!r:.40}",
                 code="validation_error",
                 details={"path": "limit"},
             )
@@ -1116,9 +1147,9 @@ class DeepExecAsyncClient:
 
         Args:
             job_id: the job to wait for.
-            poll_interval: poll every this many seconds instead of following the
+            poll_interval: poll every this many seconds (> 0) instead of following the
                 event stream.
-            max_wait_time: give up after this many seconds (the job goes on).
+            max_wait_time: give up after this many seconds (>= 0; the job goes on).
             on_progress: called with the progress (0-100) each time it changes; may be
                 a coroutine function.
 
@@ -1127,10 +1158,14 @@ class DeepExecAsyncClient:
             A FAILED or CANCELED job is returned, not raised.
 
         Raises:
+            MCPValidationError: a bad job id, ``poll_interval`` or ``max_wait_time``
+                (nothing is sent).
             MCPTimeoutError: ``max_wait_time`` passed first (``error.timeout`` says how long).
             MCPNotFoundError: no such job.
         """
         job_id = _job_id(job_id)
+        _check_seconds(poll_interval, "poll_interval", zero_ok=False)
+        _check_seconds(max_wait_time, "max_wait_time", zero_ok=True)
         tracker = _ProgressTracker(on_progress)
         try:
             async with asyncio.timeout(max_wait_time):

@@ -95,6 +95,23 @@ VALIDATION_CASES: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = [
     ("input.reason", "cancel_job", (JOB_ID,), {"reason": "x" * 501}),
     ("input.ttl", "create_session", (), {"ttl": 0}),
     ("session_id", "close_session", ("sess_x",), {}),
+    ("input.tags", "execute_code_job", CODE, {"tags": "urgent"}),  # a str is no list of tags
+    (
+        "input.tags",
+        "submit_job",
+        ("n", "code_execution", {"code": "x", "language": "py"}),
+        {"tags": "t"},
+    ),
+    ("input.data", "submit_job", ("n", "code_execution", [("code", "x")]), {}),
+    ("input.data", "submit_job", ("n", "code_execution", None), {}),
+    ("poll_interval", "wait_for_job", (JOB_ID,), {"poll_interval": -1}),
+    ("poll_interval", "wait_for_job", (JOB_ID,), {"poll_interval": 0}),
+    ("poll_interval", "wait_for_job", (JOB_ID,), {"poll_interval": float("nan")}),
+    ("poll_interval", "wait_for_job", (JOB_ID,), {"poll_interval": "1"}),
+    ("max_wait_time", "wait_for_job", (JOB_ID,), {"max_wait_time": -1}),
+    ("max_wait_time", "wait_for_job", (JOB_ID,), {"max_wait_time": float("inf")}),
+    ("max_wait_time", "get_code_execution_result", (JOB_ID,), {"max_wait_time": float("nan")}),
+    ("max_wait_time", "get_text_generation_result", (JOB_ID,), {"max_wait_time": True}),
     # a lone surrogate: a str that is no Unicode text, which JSON can not carry
     ("input.code", "execute_code_and_wait", ("print('\ud800')", "python"), {}),
     ("input.stdin", "execute_code_and_wait", CODE, {"stdin": "\udcff"}),
@@ -144,6 +161,7 @@ async def test_bad_input_raises_validation_error_naming_the_path_and_sends_nothi
         ("limit", {"page_size": 0}),
         ("limit", {"page_size": 101}),
         ("limit", {"limit": "3"}),
+        ("limit", {"limit": -1}),
     ],
 )
 async def test_list_jobs_validates_before_iterating(
