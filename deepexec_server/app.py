@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import attrs
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp_sse import EventSourceResponse
 from deepexec_protocol import PROTOCOL_VERSION, StructureError, structure, unstructure
 from deepexec_protocol import models as m
@@ -58,6 +59,30 @@ T = TypeVar("T")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SSE_PING_SECONDS = 15.0
+
+
+class _ClientHttpErrors(logging.Filter):
+    """aiohttp logs a request it can not parse (a header or URL over its limits, broken
+    HTTP) at ERROR with a traceback whose message quotes the offending bytes (an oversized
+    Authorization header would be in the log). That is the client's error, answered 400
+    before any of the server's code runs: one INFO line instead, naming the error class and
+    nothing the client sent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused an unreadable HTTP request from %s: %s (HTTP %d)"
+            record.args = (remote, type(exc).__name__, exc.code or 400)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_client_http_errors() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientHttpErrors) for f in server_log.filters):
+        server_log.addFilter(_ClientHttpErrors())
 
 
 class ApiError(Exception):
@@ -798,6 +823,7 @@ def create_app(
     missing = set(OPERATIONS) - set(HANDLERS)
     if missing:
         raise RuntimeError(f"operations without a handler: {sorted(missing)}")
+    _quiet_client_http_errors()
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[protocol_middleware]
     )

@@ -96,6 +96,15 @@ def _raise_for_unknown_error(
     )
 
 
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    """``": <the start of body, on one line>"`` (what a proxy or the HTTP layer said: such an
+    answer is no protocol message), or nothing for an empty body."""
+    text = " ".join(body[: limit * 4].decode("utf-8", "replace").split())
+    if not text:
+        return ""
+    return ": " + (text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def _unexpected(
     message: str, status: int, request_id: str | None, headers: Mapping[str, str]
 ) -> errors.MCPError:
@@ -141,7 +150,8 @@ def _decode(
 ) -> T:
     if content_type not in JSON_TYPES:
         raise _unexpected(
-            f"unexpected content type {content_type or 'none'!r} (HTTP {status})",
+            f"unexpected content type {content_type or 'none'!r} (HTTP {status})"
+            + _excerpt(body),
             status,
             request_id,
             headers,
@@ -453,7 +463,7 @@ async def stream(
                 # an error before the stream started comes as a JSON envelope
                 raise_error_answer(raw, resp.status, resp.headers, resp.content_type)
                 raise _unexpected(
-                    f"expected {SSE_TYPE}, got {resp.content_type!r}",
+                    f"expected {SSE_TYPE}, got {resp.content_type!r}" + _excerpt(raw),
                     resp.status,
                     request_id,
                     resp.headers,

@@ -21,6 +21,7 @@ from deepexec_sdk.exceptions import (
     MCPError,
     MCPNotFoundError,
     MCPPayloadTooLargeError,
+    MCPProtocolError,
     MCPUnsupportedLanguageError,
     MCPValidationError,
 )
@@ -622,6 +623,23 @@ async def test_bad_request_id_is_replaced(battery: Battery, raw: aiohttp.ClientS
         assert rid.startswith("req_") and (await resp.json())["metadata"]["request_id"] == rid
 
 
+async def test_an_unreadable_request_is_one_log_line_without_what_it_carried(
+    battery: Battery, raw: aiohttp.ClientSession
+) -> None:
+    """A header over the HTTP layer's limit is refused (400) before the server's code runs;
+    aiohttp would log it at ERROR with a traceback quoting the header: the server logs one
+    INFO line that names the error and quotes nothing (it may be a token)."""
+    secret = "tok_" + "s3cr3t" * 2000
+    async with raw.get(
+        f"{battery.server.url}/v1/health", headers={"Authorization": f"Bearer {secret}"}
+    ) as resp:
+        assert resp.status == 400
+    log = battery.server.log()
+    assert "refused an unreadable HTTP request from 127.0.0.1: LineTooLong (HTTP 400)" in log
+    assert "s3cr3ts3cr3t" not in log and "Traceback" not in log
+    await assert_unharmed(battery)
+
+
 async def test_head_of_get_resources(battery: Battery, raw: aiohttp.ClientSession) -> None:
     """HEAD works wherever GET does (load balancers probe health with it)."""
     async with raw.head(f"{battery.server.url}/v1/health") as resp:
@@ -722,6 +740,14 @@ async def test_sdk_errors(battery: Battery) -> None:
         with pytest.raises(MCPValidationError) as local:
             await c.execute_code_and_wait("print(1)", "python", timeout=-1)
         assert local.value.http_status is None and local.value.details["path"] == "input.timeout"
+
+    # a header the HTTP layer refuses before the server's code sees it (no envelope): the
+    # error quotes what it said
+    async with make_client(battery.server, max_retries=0, headers={"X-Big": "a" * 10_000}) as c:
+        with pytest.raises(MCPProtocolError) as refused:
+            await c.health()
+        assert refused.value.http_status == 400
+        assert "8190 bytes" in refused.value.message
     await assert_unharmed(battery)
 
 

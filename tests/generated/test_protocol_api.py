@@ -305,6 +305,32 @@ async def test_malformed_answer_raises_protocol_error(
     assert raised.value.request_id == REQUEST_ID
 
 
+@pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)
+async def test_a_non_protocol_answer_says_what_it_said(
+    case: Case, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    """An answer of a proxy or of the HTTP layer (such as aiohttp's "Got more than 8190
+    bytes" for an oversized header) is no envelope: the error quotes its start, on one
+    line and bounded, so the caller learns what went wrong."""
+    body = b"<html>\n  <h1>502 Bad   Gateway</h1>\n" + b"x" * 1000 + b"</html>"
+    _mock(mocked, case, status=502, body=body, content_type="text/html")
+    with pytest.raises(errors.MCPServerError) as raised:
+        await case.call(session)
+    message = raised.value.message
+    assert "<html> <h1>502 Bad Gateway</h1> xxx" in message
+    assert "\n" not in message and message.endswith("...") and len(message) < 300
+
+
+@pytest.mark.parametrize("case", UNARY, ids=lambda c: c.name)
+async def test_an_empty_non_protocol_answer_quotes_nothing(
+    case: Case, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    _mock(mocked, case, status=404, body=b"", content_type="text/plain")
+    with pytest.raises(errors.MCPProtocolError) as raised:
+        await case.call(session)
+    assert raised.value.message == "unexpected content type 'text/plain' (HTTP 404)"
+
+
 @pytest.mark.parametrize("case", UNARY, ids=lambda c: c.name)
 async def test_truncated_json_raises_protocol_error(
     case: Case, mocked: aioresponses, session: aiohttp.ClientSession
