@@ -26,8 +26,8 @@ from deepexec_protocol import models as m
 from deepexec_protocol.constants import ERROR_CODES, OPERATIONS, Operation
 
 from . import __version__
-from ._config import ClientConfig, redact, resolve_config
-from ._logging import logger, setup_logging
+from ._config import ClientConfig, header_secrets, mask_secrets, resolve_config
+from ._logging import logger, setup_logging, watch_secrets
 from ._results import check_execution as _check_execution
 from ._results import job_result as _job_result
 from ._retry import RetryPolicy, call_with_retries, is_retryable_status
@@ -216,9 +216,15 @@ class DeepExecAsyncClient:
         self._closed = False
         self._secrets = tuple(
             secret
-            for secret in (self._config.deepseek_key, self._config.e2b_key, self._config.api_key)
+            for secret in (
+                self._config.deepseek_key,
+                self._config.e2b_key,
+                self._config.api_key,
+                *header_secrets(self._config.headers),
+            )
             if secret
         )
+        watch_secrets(self)  # out of every log record too, whatever their form
         self._retry_checks = {name: self._retry_check(op) for name, op in OPERATIONS.items()}
 
     # ------------------------------------------------------------------ plumbing
@@ -424,26 +430,21 @@ class DeepExecAsyncClient:
                 await close()
 
     def _scrub(self, exc: MCPError) -> None:
-        """Mask any configured secret out of ``exc``'s message and details. A server must
-        never echo a key; a misbehaving one must not make the SDK leak it either."""
+        """Mask any configured secret, or a piece of one, out of ``exc``'s message and
+        details. A server must never echo a key; a misbehaving one (or the HTTP layer
+        quoting an oversized header) must not make the SDK leak it either."""
         secrets = self._secrets
-        if not secrets or not any(s in repr((exc.message, exc.details)) for s in secrets):
+        if not secrets:
             return
-
-        def mask(text: str) -> str:
-            for secret in secrets:
-                text = text.replace(secret, redact(secret))
-            return text
-
-        exc.message = mask(exc.message)
-        exc.args = (exc.message, *exc.args[1:])
+        message = mask_secrets(exc.message, secrets)
+        if message != exc.message:
+            exc.message = message
+            exc.args = (message, *exc.args[1:])
         details: dict[str, Any] = {}
         for key, value in exc.details.items():
-            if isinstance(value, str):
-                value = mask(value)
-            elif any(secret in repr(value) for secret in secrets):
-                value = mask(repr(value))
-            details[key] = value
+            text = value if isinstance(value, str) else repr(value)
+            masked = mask_secrets(text, secrets)
+            details[key] = masked if masked != text else value
         exc.details = details
 
     def _envelope(

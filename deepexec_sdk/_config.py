@@ -47,7 +47,7 @@ import re
 import stat
 import tomllib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 from urllib.parse import urlsplit
@@ -164,6 +164,69 @@ def _redact_header_value(value: str) -> str:
     if sep and scheme.lower() in _AUTH_SCHEMES:
         return f"{scheme} {redact(rest.strip())}"
     return redact(value)
+
+
+def header_secrets(headers: Mapping[str, str]) -> list[str]:
+    """The secret values among ``headers`` (those :func:`is_sensitive_header` names; of an
+    ``Authorization: Bearer <token>``, the token)."""
+    out = []
+    for name, value in headers.items():
+        if is_sensitive_header(name):
+            scheme, sep, rest = value.partition(" ")
+            out.append(rest.strip() if sep and scheme.lower() in _AUTH_SCHEMES else value)
+    return [v for v in out if v]
+
+
+#: a run of this many characters of a secret is masked wherever it shows (a server or proxy
+#: that quotes a request may cut a key short, or wrap it)
+_FRAGMENT = 8
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret, and every run of at least 8 characters taken from one (a
+    quoted prefix, say), replaced: a whole secret as :func:`redact` shows it, anything else
+    by ``***``."""
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        if len(secret) < _FRAGMENT:
+            at = text.find(secret) if secret else -1
+            while at != -1:
+                spans.append((at, at + len(secret)))
+                at = text.find(secret, at + 1)
+            continue
+        pieces = {secret[i : i + _FRAGMENT] for i in range(len(secret) - _FRAGMENT + 1)}
+        i = 0
+        while i <= len(text) - _FRAGMENT:
+            if text[i : i + _FRAGMENT] in pieces:
+                end = i + _FRAGMENT
+                while end < len(text) and text[i : end + 1] in secret:
+                    end += 1
+                spans.append((i, end))
+                i = end
+            else:
+                i += 1
+    if not spans:
+        return text
+    known = set(secrets)
+    out: list[str] = []
+    done = 0
+    for start, end in _merged(spans):
+        out.append(text[done:start])
+        found = text[start:end]
+        out.append(redact(found) if found in known else "***")
+        done = end
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:

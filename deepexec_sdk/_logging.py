@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import weakref
 from collections.abc import Mapping
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
-from ._config import ConfigurationError, redact, redact_headers
+from ._config import ConfigurationError, mask_secrets, redact, redact_headers
 
 __all__ = [
     "LOGGER_NAME",
@@ -30,6 +31,7 @@ __all__ = [
     "logger",
     "redact_text",
     "setup_logging",
+    "watch_secrets",
 ]
 
 LOGGER_NAME: Final = "deepexec"
@@ -96,6 +98,22 @@ def redact_text(text: str) -> str:
     return _KEY_RE.sub(lambda m: _mask(m.group(0)), text)
 
 
+#: the objects (clients) whose secrets every record is scrubbed of, while they live
+_SECRET_HOLDERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def watch_secrets(holder: Any) -> None:
+    """Scrub ``holder._secrets`` (a client's keys and tokens, whatever their form) out of
+    every record, for as long as ``holder`` lives: the patterns of :func:`redact_text` only
+    know the usual forms of a secret (``Bearer ...``, ``sk-...``, ``X-...-Key: ...``)."""
+    if holder._secrets:
+        _SECRET_HOLDERS.add(holder)
+
+
+def _known_secrets() -> list[str]:
+    return [secret for holder in list(_SECRET_HOLDERS) for secret in holder._secrets]
+
+
 class RedactingFilter(logging.Filter):
     """Redact secrets from a record's message, arguments and traceback text.
 
@@ -111,14 +129,15 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string: let logging report it as usual
             return True
-        record.msg = redact_text(message)
+        known = _known_secrets()
+        record.msg = redact_text(mask_secrets(message, known))
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
+            record.exc_text = redact_text(mask_secrets(record.exc_text, known))
         if record.stack_info:
-            record.stack_info = redact_text(record.stack_info)
+            record.stack_info = redact_text(mask_secrets(record.stack_info, known))
         return True
 
 

@@ -532,3 +532,52 @@ async def test_keys_never_appear_in_exceptions_or_debug_logs(
     for record in caplog.records:
         _assert_no_secret(record.getMessage())
     assert re.search(r"attempt \d", caplog.text)
+
+
+def _pieces(secret: str, size: int = 8) -> list[str]:
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
+
+
+async def test_a_piece_of_a_key_quoted_by_the_http_layer_is_masked_in_errors_and_logs(
+    make_facade: Any,
+    mock_http: aioresponses,
+    caplog: pytest.LogCaptureFixture,
+    sleeps: list[float],
+) -> None:
+    """aiohttp's 400 for an oversized header, or a proxy's error page, quotes the start of
+    what was sent, cut short: no pattern recognises a bare piece of an opaque token. Every
+    run of 8 characters of a configured secret, or of a sensitive header's value, is
+    masked out of the error and of the retry log."""
+    team_token = "QzX81mPq7rT2vW9yK4nB6cD3fG5hJ0"
+    client = _keyed(make_facade, max_retries=1, headers={"X-Team-Token": team_token})
+    caplog.set_level(logging.INFO, logger="deepexec")
+    mock_http.get(
+        HEALTH,
+        status=400,
+        body=f"Got more than 8190 bytes when reading: b'Bearer {API_KEY[:20]}'".encode(),
+        content_type="text/plain",
+    )
+    mock_http.get(
+        f"{BASE}/v1/languages",
+        status=503,
+        body=f"<html>upstream refused token {team_token[3:25]}</html>".encode(),
+        content_type="text/html",
+        repeat=True,
+    )
+    with pytest.raises(MCPProtocolError) as refused:
+        await client("health")
+    with pytest.raises(MCPServerError) as unavailable:
+        await client("list_languages")
+
+    assert "Got more than 8190 bytes when reading" in refused.value.message
+    assert "upstream refused token ***" in unavailable.value.message
+    assert any("Retrying" in r.getMessage() for r in caplog.records)
+    texts = [
+        str(refused.value),
+        repr(unavailable.value),
+        caplog.text,
+        *(r.getMessage() for r in caplog.records),
+    ]
+    for text in texts:
+        for piece in [*_pieces(API_KEY), *_pieces(team_token)]:
+            assert piece not in text, (piece, text)

@@ -19,6 +19,8 @@ from deepexec_sdk._config import (
     ClientConfig,
     ConfigurationError,
     default_config_path,
+    header_secrets,
+    mask_secrets,
     redact,
     redact_headers,
     resolve_config,
@@ -458,3 +460,30 @@ def test_redact_headers_accepts_multidict() -> None:
     headers = CIMultiDict([("authorization", f"Bearer {API_KEY}"), ("Accept", "text/plain")])
     out = redact_headers(headers)
     assert out == {"authorization": "Bearer ...CRET", "Accept": "text/plain"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"key {DS_KEY} end", f"key {redact(DS_KEY)} end"),  # whole: as redact shows it
+        (f"b'{API_KEY[:12]}'", "b'***'"),  # a quoted prefix
+        (f"<{API_KEY[5:20]}>", "<***>"),  # a piece from the middle
+        (f"a{E2B_KEY[3:11]}z and {DS_KEY[:7]}", f"a***z and {DS_KEY[:7]}"),  # 8 chars, not 7
+        ("nothing secret here", "nothing secret here"),
+    ],
+)
+def test_mask_secrets_masks_a_secret_and_any_run_of_eight_of_its_characters(
+    text: str, expected: str
+) -> None:
+    assert mask_secrets(text, SECRETS) == expected
+    assert mask_secrets(expected, SECRETS) == expected  # nothing left to mask
+
+
+def test_header_secrets_are_the_values_of_sensitive_headers() -> None:
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "X-Team-Token": "t0k3n-value",
+        "Idempotency-Key": "not-a-secret",
+        "User-Agent": "app/1",
+    }
+    assert header_secrets(headers) == [API_KEY, "t0k3n-value"]
