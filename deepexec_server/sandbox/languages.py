@@ -17,9 +17,12 @@ Observable details, identical for cold and warm runs:
   then the process exits without tearing every module down (os._exit: ~3 ms of CPU
   less per run; an object's ``__del__`` that needs a module already torn down at a
   bare interpreter's exit may run where it would have failed there). The objects of
-  the interpreter's start-up are frozen (``gc.freeze()``, so ``gc.get_freeze_count()``
-  is not 0): collections, the final one included, look only at the program's objects
-  (the final one took ~0.8 ms of a ``print(1)`` run, most of its tail). The program is
+  the interpreter's start-up are frozen (``gc.freeze()``): collections, the final one
+  included, look only at the program's objects (the final one took ~0.8 ms of a
+  ``print(1)`` run, most of its tail). A program that inspects the collector sees it:
+  ``gc.get_freeze_count()`` is not 0, and ``gc.get_objects()`` and
+  ``gc.get_referrers()`` leave the frozen start-up objects out (``gc.unfreeze()`` puts
+  them back). The program is
   compiled as the interpreter compiles a script (exec of its source, caught by an
   audit hook before it runs, then named after its file): the same code objects as
   ``compile(source, path, "exec")``, without that builtin's one-time set-up of the
