@@ -15,6 +15,7 @@ import math
 import os
 import re
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -57,6 +58,27 @@ _POLL_START, _POLL_MAX = 0.05, 1.0
 
 #: the variant nibble of a UUID4 (binary 10xx) for each random hex digit: keeps 2 random bits
 _UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
+#: the responses of each session that may still be read, so that the client's close() can
+#: end them: aiohttp's session close does not interrupt a body being read (a wait on an
+#: event stream would hang until the server sent something)
+_OPEN_RESPONSES: weakref.WeakKeyDictionary[aiohttp.ClientSession, weakref.WeakSet[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _ClosableResponse(aiohttp.ClientResponse):
+    """A ClientResponse its client can close (see _OPEN_RESPONSES)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        session = kwargs.get("session")
+        if session is not None:
+            open_ = _OPEN_RESPONSES.get(session)
+            if open_ is None:
+                open_ = _OPEN_RESPONSES[session] = weakref.WeakSet()
+            open_.add(self)
 
 
 def _new_idempotency_key() -> str:
@@ -256,7 +278,11 @@ class DeepExecAsyncClient:
             connector = aiohttp.TCPConnector(ssl=self._config.verify_ssl)
             # the client's fixed headers (user agent, token, provider keys) are the
             # session's defaults; a call adds only its Idempotency-Key
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._base_headers)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._base_headers,
+                response_class=_ClosableResponse,
+            )
         return self._session
 
     async def close(self) -> None:
@@ -267,8 +293,13 @@ class DeepExecAsyncClient:
             await _close_events(self._followers.popitem()[1])
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        if self._session is not None:
+            # a call still reading (a wait on an event stream, a stream being iterated, in
+            # another task) ends with MCPConnectionError rather than waiting for the server
+            for response in list(_OPEN_RESPONSES.pop(self._session, ())):
+                response.close()
+            if not self._session.closed:
+                await self._session.close()
         self._session = None
 
     async def __aenter__(self) -> DeepExecAsyncClient:
@@ -352,6 +383,8 @@ class DeepExecAsyncClient:
                 session, self._config.endpoint, headers=headers, timeout=limit, **kwargs
             )
         except MCPError as exc:
+            if self._closed:  # close() ended this call's connection
+                raise MCPError("the DeepExecAsyncClient was closed during the call") from None
             if self._policy.max_retries == 0 or not self._retry_checks[name](exc):
                 self._scrub(exc)
                 raise
@@ -369,6 +402,8 @@ class DeepExecAsyncClient:
         number: int,
     ) -> T:
         """Attempt ``number`` (0-based) of a call, timed in the DEBUG log."""
+        if self._closed:  # closed while this call waited to retry: no more attempts
+            raise MCPError("the DeepExecAsyncClient was closed during the call")
         endpoint = self._config.endpoint
         if not logger.isEnabledFor(logging.DEBUG):
             return await fn(session, endpoint, headers=headers, timeout=limit, **kwargs)

@@ -470,6 +470,11 @@ class ScriptedServer:
             self.flags[name] = asyncio.Event()
         return self.flags[name]
 
+    def release(self, name: str) -> None:
+        """Set the flag ``name`` from any thread (handlers waiting on it go on)."""
+        event = self.flag(name)
+        self._loop.call_soon_threadsafe(event.set)
+
     def on(self, method: str, path: str, handler: Handler) -> None:
         self.handlers[(method, path)] = handler
 

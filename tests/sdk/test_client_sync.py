@@ -220,6 +220,78 @@ async def test_a_closed_async_client_raises_mcp_error(mock_http: aioresponses) -
     assert len(sent(mock_http, "GET", HEALTH)) == 1
 
 
+def _never_answer(server: ScriptedServer) -> None:
+    """The scripted server holds a job's event stream open without a final event, and an
+    execution without an answer (aiohttp's session close does not interrupt a body being
+    read: a waiting call would hang there)."""
+    server.on_sse("GET", f"/v1/jobs/{JOB_ID}/events", [status_event("RUNNING", 0), "wait:never"])
+
+    async def execute(request: Any) -> Any:
+        await server.flag("never").wait()
+
+    server.on("POST", "/v1/execute", execute)
+
+
+def _until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_close_ends_the_calls_other_threads_are_waiting_in(server: ScriptedServer) -> None:
+    _never_answer(server)
+    client = DeepExecClient(endpoint=server.url, max_retries=2)
+    errors: dict[str, BaseException] = {}
+
+    def call(name: str, fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - what the call raised is the result
+            errors[name] = exc
+
+    threads = [
+        threading.Thread(target=call, args=("wait", lambda: client.wait_for_job(JOB_ID))),
+        threading.Thread(
+            target=call, args=("execute", lambda: client.execute_code_and_wait("1", "python"))
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    _until(lambda: len(server.requests) == 2)  # both are waiting on the server
+
+    started = time.monotonic()
+    client.close()
+    for thread in threads:
+        thread.join(5)
+
+    assert not any(thread.is_alive() for thread in threads)
+    assert time.monotonic() - started < 3
+    assert set(errors) == {"wait", "execute"}
+    for exc in errors.values():
+        assert type(exc) is MCPError and "closed" in str(exc)
+    assert _sync_threads() == []
+    server.release("never")
+
+
+async def test_close_ends_the_calls_other_tasks_are_waiting_in(server: ScriptedServer) -> None:
+    _never_answer(server)
+    client = DeepExecAsyncClient(endpoint=server.url, max_retries=2)
+    calls = [
+        asyncio.ensure_future(client.wait_for_job(JOB_ID)),
+        asyncio.ensure_future(client.execute_code_and_wait("1", "python")),
+    ]
+    await asyncio.to_thread(_until, lambda: len(server.requests) == 2)
+
+    await client.close()
+    async with asyncio.timeout(3):
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    for exc in outcomes:
+        assert type(exc) is MCPError and "closed" in str(exc), repr(exc)
+    server.release("never")
+
+
 def test_validation_errors_reach_the_caller_and_nothing_is_sent(
     client: DeepExecClient, mock_http: aioresponses
 ) -> None:
