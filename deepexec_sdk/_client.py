@@ -60,25 +60,30 @@ _POLL_START, _POLL_MAX = 0.05, 1.0
 _UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
-#: the responses of each session that may still be read, so that the client's close() can
-#: end them: aiohttp's session close does not interrupt a body being read (a wait on an
-#: event stream would hang until the server sent something)
-_OPEN_RESPONSES: weakref.WeakKeyDictionary[aiohttp.ClientSession, weakref.WeakSet[Any]] = (
+#: the event streams of each session that may still be read, so that the client's close()
+#: can end them: aiohttp's session close does not interrupt a body being read (a wait on an
+#: event stream would hang until the server sent something; a call still waiting for its
+#: answer's head is ended by the session close itself)
+_OPEN_STREAMS: weakref.WeakKeyDictionary[aiohttp.ClientSession, weakref.WeakSet[Any]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 class _ClosableResponse(aiohttp.ClientResponse):
-    """A ClientResponse its client can close (see _OPEN_RESPONSES)."""
+    """A ClientResponse whose client can close it while its event stream is being read
+    (see _OPEN_STREAMS); other responses cost nothing more."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        session = kwargs.get("session")
-        if session is not None:
-            open_ = _OPEN_RESPONSES.get(session)
-            if open_ is None:
-                open_ = _OPEN_RESPONSES[session] = weakref.WeakSet()
-            open_.add(self)
+    async def start(self, connection: Any) -> _ClosableResponse:
+        await super().start(connection)
+        session = getattr(self, "_session", None)  # aiohttp keeps it until released
+        if session is not None and self.headers.get("Content-Type", "").startswith(
+            "text/event-stream"
+        ):
+            streams = _OPEN_STREAMS.get(session)
+            if streams is None:
+                streams = _OPEN_STREAMS[session] = weakref.WeakSet()
+            streams.add(self)
+        return self
 
 
 def _new_idempotency_key() -> str:
@@ -296,7 +301,7 @@ class DeepExecAsyncClient:
         if self._session is not None:
             # a call still reading (a wait on an event stream, a stream being iterated, in
             # another task) ends with MCPConnectionError rather than waiting for the server
-            for response in list(_OPEN_RESPONSES.pop(self._session, ())):
+            for response in list(_OPEN_STREAMS.pop(self._session, ())):
                 response.close()
             if not self._session.closed:
                 await self._session.close()
