@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,8 +20,6 @@ log = logging.getLogger("deepexec.server")
 
 
 def _sandbox_settings(settings: ServerSettings) -> Any:
-    import os
-
     from .sandbox import SandboxSettings
 
     kwargs: dict[str, Any] = {
@@ -50,14 +49,44 @@ def build_app(settings: ServerSettings) -> web.Application:
     )
 
 
+class StartupError(Exception):
+    """The server could not start; the message says why (shown without a traceback)."""
+
+
+def _check_state_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise StartupError(f"cannot use the state dir {str(path)!r}: not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot use the state dir {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartupError(f"cannot use the state dir {str(path)!r}: not writable")
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT; then stop accepting, let running jobs finish within
-    the grace period, re-queue the rest, and exit."""
+    the grace period, re-queue the rest, and exit. Raises :class:`StartupError` when it can
+    not start (state dir, sandbox, address), having stopped whatever it had started."""
+    from .sandbox import SandboxError
+
+    _check_state_dir(settings.state_dir)
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except (SandboxError, OSError) as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot start: {exc}") from None
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     port = settings.port
     for address in runner.addresses:
         port = address[1]
@@ -129,7 +158,10 @@ def serve_command(log_level: str, tokens: tuple[str, ...], **options: Any) -> No
         settings = load_settings(options)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":
