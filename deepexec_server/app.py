@@ -18,6 +18,7 @@ import hashlib
 import logging
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -217,6 +218,16 @@ async def protocol_middleware(
         )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except sqlite3.Error as exc:  # the job store refused a write (a full disk, say)
+        log.error("job store error (request_id=%s): %s", request["request_id"], exc)
+        response = failure(
+            request,
+            ApiError(
+                "service_unavailable",
+                f"the job store can not be written now ({exc}); nothing was changed",
+                headers={"Retry-After": "5"},
+            ),
+        )
     except Exception:
         log.exception("internal error (request_id=%s)", request["request_id"])
         response = failure(

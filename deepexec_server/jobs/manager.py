@@ -75,6 +75,7 @@ import asyncio
 import builtins
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -115,6 +116,10 @@ Runner = Callable[[JobRecord, "JobContext"], Awaitable[dict[str, Any]]]
 DEFAULT_MAX_BUFFERED_OUTPUT_CHARS: Final = 1 << 20
 TIMEOUT_ERROR_CODE: Final = "execution_timeout"
 _STREAMS: Final = frozenset({"stdout", "stderr"})
+#: seconds before trying again to record a finished job's outcome the store refused (a
+#: full disk, say), doubling up to the second
+_RECORD_RETRY_FIRST: Final = 0.25
+_RECORD_RETRY_MAX: Final = 5.0
 
 
 @define(frozen=True, kw_only=True)
@@ -783,7 +788,7 @@ class JobManager:
         assert task is not None
         try:
             await asyncio.wait({task})
-            final = await self._settle(live, task)
+            final = await self._settle_durably(live, task)
             live.finished = True
             if final is not None:
                 self._publish_terminal(final)  # before the clean-up below: it can wait
@@ -795,6 +800,29 @@ class JobManager:
             if live.flush_task is not None:
                 await asyncio.gather(live.flush_task, return_exceptions=True)
             self._running.pop(job_id, None)
+
+    async def _settle_durably(
+        self, live: _Live, task: asyncio.Task[dict[str, Any]]
+    ) -> JobRecord | None:
+        """:meth:`_settle`, tried again until the store takes the outcome (a full disk, an
+        I/O error): until then the job stays RUNNING, and its waiters wait, rather than
+        the outcome being lost or shown before it is durable. Given up only when the
+        manager stops (the job is then re-queued at the next start)."""
+        delay = _RECORD_RETRY_FIRST
+        while True:
+            try:
+                return await self._settle(live, task)
+            except sqlite3.Error as exc:
+                if self._stopping:
+                    raise
+                logger.error(
+                    "job %s: could not record how it ended (%s); trying again in %g s",
+                    live.record.job_id,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECORD_RETRY_MAX)
 
     async def _settle(self, live: _Live, task: asyncio.Task[dict[str, Any]]) -> JobRecord | None:
         """Record the outcome of a finished runner task; return the terminal record."""

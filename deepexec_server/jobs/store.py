@@ -333,8 +333,9 @@ class JobStore:
                 running = asyncio.ensure_future(asyncio.to_thread(_checkpoint, self._path, conn))
                 try:
                     conn = await asyncio.shield(running)
-                except sqlite3.Error:
-                    logger.warning("job store checkpoint failed; retrying", exc_info=True)
+                except sqlite3.Error as exc:  # a full disk, say: the WAL keeps the rows
+                    logger.warning("job store checkpoint failed (%s); trying again later", exc)
+                    self._writes += 1  # at the next interval, even without new writes
                 running = None
         finally:
             if running is not None:  # cancelled meanwhile: let the thread finish first

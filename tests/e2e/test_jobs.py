@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,7 +19,12 @@ import pytest
 from aiohttp import web
 
 from deepexec_sdk import DeepExecAsyncClient
-from deepexec_sdk.exceptions import MCPCanceledError, MCPConflictError, MCPError
+from deepexec_sdk.exceptions import (
+    MCPCanceledError,
+    MCPConflictError,
+    MCPError,
+    MCPServiceUnavailableError,
+)
 from tests.e2e.conftest import (
     ServerFactory,
     ServerProcess,
@@ -570,3 +578,59 @@ async def test_sigterm_lets_running_job_finish(start_server: ServerFactory) -> N
         requeued = await c.get_job_status(long.job_id)
         assert requeued.status.value in ("PENDING", "RUNNING"), requeued
         await c.cancel_job(long.job_id, reason="end of test")
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs for a state dir to fill up (the sandbox needs root, which can mount)."""
+    path = tmp_path / "small-fs"
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"can not mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+async def test_a_full_disk_refuses_new_jobs_and_holds_finished_ones_until_space_is_back(
+    start_server: ServerFactory, small_fs: Path
+) -> None:
+    """Submitting to a full state dir is 503 service_unavailable and creates nothing; a job
+    that ends meanwhile stays RUNNING (its outcome is not shown before it is durable) and
+    completes, with its output, once the store can write again."""
+    srv = start_server(state_dir=small_fs / "state")
+    async with make_client(srv, max_retries=0) as c:
+        running = await c.execute_code_job("import time; time.sleep(1); print('done')", "python")
+        filler = small_fs / "filler"
+        fill(filler)
+
+        with pytest.raises(MCPServiceUnavailableError) as full:
+            await c.execute_code_job("print(1)", "python")
+        assert full.value.http_status == 503 and "nothing was changed" in str(full.value)
+
+        await asyncio.sleep(2.0)  # the program has ended by now
+        assert (await c.get_job_status(running.job_id)).status.value == "RUNNING"
+
+        filler.unlink()
+        result = await c.get_code_execution_result(running.job_id, max_wait_time=30)
+        assert result.stdout == "done\n"
+        assert [job.job_id async for job in c.list_jobs()] == [running.job_id]
+    assert "could not record how it ended (database or disk is full)" in srv.log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from deepexec_server.jobs import (
     TooManyActiveJobs,
     UnknownJobType,
 )
+from deepexec_server.jobs import manager as manager_module
 
 OWNER = "alice"
 
@@ -633,3 +635,39 @@ async def test_cancel_and_stop_reach_a_job_started_at_submit(
     requeued = await store.load(again.job_id)
     assert requeued is not None and requeued.status is JobStatus.PENDING
     assert requeued.attempts == 0
+
+
+async def test_an_outcome_the_store_refuses_is_recorded_when_it_can_write_again(
+    make_manager: Any,
+    harness: Harness,
+    store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk when a job ends: the job stays RUNNING (its waiters see nothing final
+    before it is durable) and its outcome is written as soon as the store takes it."""
+    monkeypatch.setattr(manager_module, "_RECORD_RETRY_FIRST", 0.01)
+    complete = store.complete
+    refusals = 3
+
+    async def full_disk(*args: Any, **kwargs: Any) -> JobRecord | None:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return await complete(*args, **kwargs)
+
+    monkeypatch.setattr(store, "complete", full_disk)
+    manager = make_manager()
+    await manager.start()
+    record = await submit(manager, "lucky", ("out", "stdout", "hi\n"))
+    stream = await manager.subscribe(record.job_id, OWNER)
+    events = await asyncio.wait_for(collect(stream), 5)
+
+    assert refusals == 0
+    assert [e["type"] for e in events][-2:] == ["job_status_event", "job_result_event"]
+    assert events[-1]["job"]["status"] == "COMPLETED"
+    stored = await store.get(record.job_id, OWNER)
+    assert stored is not None and stored.status is JobStatus.COMPLETED
+    assert stored.result == {"name": "lucky"}
+    assert caplog.text.count("could not record how it ended (database or disk is full)") == 3
