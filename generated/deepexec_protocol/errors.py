@@ -194,7 +194,8 @@ class MCPProviderNotConfiguredError(MCPServerError):
 
 
 class MCPServiceUnavailableError(MCPServerError):
-    """service_unavailable (HTTP 503): The server is shutting down or overloaded."""
+    """service_unavailable (HTTP 503): The server is shutting down, overloaded, or can not
+    store jobs now (a full disk); nothing was changed."""
 
     default_code = "service_unavailable"
 
