@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -66,6 +67,17 @@ def _check_state_dir(path: Path) -> None:
         raise StartupError(f"cannot use the state dir {str(path)!r}: not writable")
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one (at most 65536): every open event
+    stream holds a connection, and every running sandbox a handful of pipes, so the usual
+    soft 1024 could run out before the machine does. Sandboxes get their own, lower limit
+    (``max_open_files``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT; then stop accepting, let running jobs finish within
     the grace period, re-queue the rest, and exit. Raises :class:`StartupError` when it can
@@ -73,6 +85,7 @@ async def serve(settings: ServerSettings) -> None:
     from .sandbox import SandboxError
 
     _check_state_dir(settings.state_dir)
+    _raise_open_files_limit()
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
     try:
@@ -91,11 +104,12 @@ async def serve(settings: ServerSettings) -> None:
     for address in runner.addresses:
         port = address[1]
         break
-    print(f"DeepExec server {__version__} listening on http://{settings.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # only now: whoever reads this line may send SIGTERM at once
+    print(f"DeepExec server {__version__} listening on http://{settings.host}:{port}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -3,6 +3,8 @@ and nothing it had started is left running."""
 
 from __future__ import annotations
 
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -67,3 +69,30 @@ def test_a_sandbox_backend_that_can_not_start(tmp_path: Path) -> None:
     result = serve("--sandbox", "e2b", state_dir=tmp_path / "state")
     refused(result, "cannot start: ")
     assert "e2b" in result.stderr
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """Event streams hold connections and sandboxes hold pipes: the usual soft limit of
+    1024 open files is raised to the hard one."""
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepexec_server", "serve", "--port", "0"]
+        + ["--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}"},
+        preexec_fn=low_soft_limit,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
