@@ -292,7 +292,9 @@ class DeepExecAsyncClient:
 
     async def close(self) -> None:
         """Close the HTTP connections (idempotent). The client can not be used afterwards:
-        its calls raise MCPError."""
+        its calls raise MCPError, and so do the calls still waiting in other tasks (a wait
+        on a job, a stream being read) at once. Jobs already submitted go on running on the
+        server."""
         self._closed = True
         while self._followers:
             await _close_events(self._followers.popitem()[1])

@@ -104,7 +104,9 @@ class DeepExecClient:
         return f"DeepExecClient(endpoint={self.config.endpoint!r})"
 
     def close(self) -> None:
-        """Close the connections and stop the private event loop thread (idempotent)."""
+        """Close the connections and stop the private event loop thread (idempotent). Calls
+        still waiting in other threads raise MCPError at once; submitted jobs go on running
+        on the server."""
         if not self._loop.closed:
             try:
                 _run(self._loop, self._async.close())
