@@ -217,6 +217,15 @@ async def protocol_middleware(
             ),
         )
     except (asyncio.CancelledError, ConnectionResetError):
+        access_log.info(
+            '%s "%s %s" ended early (the client left, or the server is stopping) %.1fms '
+            "request_id=%s",
+            request.remote,
+            request.method,
+            request.path,
+            (time.perf_counter() - started) * 1000,
+            request["request_id"],
+        )
         raise
     except sqlite3.Error as exc:  # the job store refused a write (a full disk, say)
         log.error("job store error (request_id=%s): %s", request["request_id"], exc)

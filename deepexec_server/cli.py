@@ -87,7 +87,14 @@ async def serve(settings: ServerSettings) -> None:
     _check_state_dir(settings.state_dir)
     _raise_open_files_limit()
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    # a client that leaves cancels its request's handler: a direct execution's sandbox is
+    # killed, a generation's provider stream closed (a job goes on: it is not the request's)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace,
+        handler_cancellation=True,
+    )
     try:
         await runner.setup()
     except (SandboxError, OSError) as exc:

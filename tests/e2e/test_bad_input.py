@@ -5,6 +5,8 @@ is lost or changed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -797,6 +799,36 @@ async def test_client_leaves_text_stream(
     sent = len(fake.chunk_times)
     await asyncio.sleep(0.5)
     assert len(fake.chunk_times) == sent < words, "the provider stream was not closed"
+    await assert_unharmed(battery)
+
+
+async def test_client_leaves_a_direct_execution(
+    battery: Battery, raw: aiohttp.ClientSession
+) -> None:
+    """A client that disconnects while its program runs (no job: the answer was the only
+    use of it): the request is cancelled and the sandbox killed at once, not left to run
+    to its timeout (60 s here)."""
+    marker = f"{uuid.uuid4().int % 10**6}.{uuid.uuid4().int % 1000}"
+    code = f"import os\nos.execv('/bin/sleep', ['sleep', '{marker}'])"
+
+    def sandboxes() -> bytes:
+        found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True)
+        return found.stdout
+
+    async def run() -> None:
+        async with raw.post(
+            f"{battery.server.url}/v1/execute",
+            json=envelope("code_execution", {"code": code, "language": "python", "timeout": 60}),
+        ) as resp:
+            await resp.read()
+
+    call = asyncio.ensure_future(run())
+    await wait_until(lambda: bool(sandboxes()), timeout=10)
+    call.cancel()  # the client leaves: its connection is closed
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+    await wait_until(lambda: not sandboxes(), timeout=5)
+    assert '"POST /v1/execute" ended early (the client left' in battery.server.log()
     await assert_unharmed(battery)
 
 
