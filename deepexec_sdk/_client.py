@@ -302,7 +302,7 @@ class DeepExecAsyncClient:
             await asyncio.gather(*self._closing, return_exceptions=True)
         if self._session is not None:
             # a call still reading (a wait on an event stream, a stream being iterated, in
-            # another task) ends with MCPConnectionError rather than waiting for the server
+            # another task) ends at once, with MCPError, rather than waiting for the server
             for response in list(_OPEN_STREAMS.pop(self._session, ())):
                 response.close()
             if not self._session.closed:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any, Final, TextIO
@@ -98,8 +99,10 @@ def redact_text(text: str) -> str:
     return _KEY_RE.sub(lambda m: _mask(m.group(0)), text)
 
 
-#: the objects (clients) whose secrets every record is scrubbed of, while they live
+#: the objects (clients) whose secrets every record is scrubbed of, while they live (the
+#: lock: clients are made, and records logged, in any thread)
 _SECRET_HOLDERS: weakref.WeakSet[Any] = weakref.WeakSet()
+_SECRET_HOLDERS_LOCK = threading.Lock()
 
 
 def watch_secrets(holder: Any) -> None:
@@ -107,11 +110,14 @@ def watch_secrets(holder: Any) -> None:
     every record, for as long as ``holder`` lives: the patterns of :func:`redact_text` only
     know the usual forms of a secret (``Bearer ...``, ``sk-...``, ``X-...-Key: ...``)."""
     if holder._secrets:
-        _SECRET_HOLDERS.add(holder)
+        with _SECRET_HOLDERS_LOCK:
+            _SECRET_HOLDERS.add(holder)
 
 
 def _known_secrets() -> list[str]:
-    return [secret for holder in list(_SECRET_HOLDERS) for secret in holder._secrets]
+    with _SECRET_HOLDERS_LOCK:
+        holders = list(_SECRET_HOLDERS)
+    return [secret for holder in holders for secret in holder._secrets]
 
 
 class RedactingFilter(logging.Filter):
