@@ -17,15 +17,14 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import random
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
+from deepexec_protocol._http import parse_retry_after
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ._logging import logger
@@ -125,45 +124,6 @@ class RetryPolicy:
         ):
             return min(float(retry_after), self.max_retry_after)
         return self.backoff(retry)
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait as requested by a response's headers, or ``None``.
-
-    Reads ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as a number
-    of seconds or as an HTTP-date (a date in the past gives 0). Header names are
-    matched case-insensitively. ``now`` (a Unix timestamp) defaults to the current
-    time. Negative, non-finite or malformed values give ``None``.
-    """
-    lowered = {name.lower(): value for name, value in headers.items()}
-
-    ms = lowered.get("retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000" dates; HTTP-dates are always GMT
-            return None
-        current = time.time() if now is None else now
-        return max(0.0, when.timestamp() - current)
-    if math.isfinite(seconds) and seconds >= 0:
-        return seconds
-    return None
 
 
 def _describe(exc: BaseException | None) -> str:

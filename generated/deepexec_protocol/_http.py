@@ -8,7 +8,10 @@ truncated or wrong-version response never leaks a KeyError, TypeError or JSONDec
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
@@ -46,14 +49,45 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("X-Request-ID")
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait as requested by a response's headers, or ``None``.
+
+    Reads ``retry-after-ms`` (milliseconds) first, then ``Retry-After`` as a number of
+    seconds or as an HTTP-date (a date in the past gives 0; proxies send dates). Header
+    names are matched case-insensitively. ``now`` (a Unix timestamp) defaults to the
+    current time. Negative, non-finite or malformed values give ``None``.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    ms = lowered.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = lowered.get("retry-after")
+    if raw is None:
         return None
+    raw = raw.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(raw)
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" dates; HTTP-dates are always GMT
+            return None
+        current = time.time() if now is None else now
+        return max(0.0, when.timestamp() - current)
+    if math.isfinite(seconds) and seconds >= 0:
+        return seconds
+    return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    return parse_retry_after(headers)  # error answers only: not on the hot path
 
 
 def _raise_for_error(

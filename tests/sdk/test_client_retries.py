@@ -3,6 +3,7 @@ attempts, the waits in between (Retry-After), and one Idempotency-Key per logica
 
 from __future__ import annotations
 
+import email.utils
 import time
 from collections.abc import Callable
 from typing import Any
@@ -207,6 +208,39 @@ async def test_retry_after_replaces_the_backoff(
     await client("health")
 
     assert sleeps == [0.25, 0.0]
+
+
+async def test_retry_after_as_a_date_or_in_milliseconds_is_honoured(
+    make_facade: Callable[..., Facade], mock_http: aioresponses, sleeps: list[float]
+) -> None:
+    """Proxies send Retry-After as an HTTP-date; some servers retry-after-ms."""
+    client = make_facade(max_retries=3, retry_delay=5.0)
+    in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+    mock_http.get(
+        HEALTH,
+        status=503,
+        body=b"<html>busy</html>",
+        content_type="text/html",
+        headers={"Retry-After": in_a_minute},
+    )
+    mock_http.get(
+        HEALTH,
+        status=503,
+        payload=err("health", "service_unavailable"),
+        headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},  # past: at once
+    )
+    mock_http.get(
+        HEALTH,
+        status=429,
+        payload=err("health", "rate_limit_exceeded"),
+        headers={"retry-after-ms": "1500"},
+    )
+    mock_http.get(HEALTH, payload=example("HealthResponse"))
+
+    await client("health")
+
+    assert 58 <= sleeps[0] <= 60  # capped by max_retry_after, if that is lower
+    assert sleeps[1:] == [0.0, 1.5]
 
 
 async def test_retry_after_is_really_waited(
