@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import logging
 import math
-import os
 import re
 import time
 import weakref
@@ -32,6 +31,7 @@ from ._logging import logger, setup_logging, watch_secrets
 from ._results import check_execution as _check_execution
 from ._results import job_result as _job_result
 from ._retry import RetryPolicy, call_with_retries, is_retryable_status
+from ._retry import new_idempotency_key as _new_idempotency_key
 from ._streams import ExecutionStream, TextStream
 from .exceptions import (
     MCPConnectionError,
@@ -57,7 +57,6 @@ _POLL_START, _POLL_MAX = 0.05, 1.0
 
 
 #: the variant nibble of a UUID4 (binary 10xx) for each random hex digit: keeps 2 random bits
-_UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 #: the event streams of each session that may still be read, so that the client's close()
@@ -84,13 +83,6 @@ class _ClosableResponse(aiohttp.ClientResponse):
                 streams = _OPEN_STREAMS[session] = weakref.WeakSet()
             streams.add(self)
         return self
-
-
-def _new_idempotency_key() -> str:
-    """A random UUID4 string, as ``_retry.new_idempotency_key`` makes, at a fifth of the
-    cost (it is made on every POST): 122 random bits, version 4, RFC 4122 variant."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 #: at most this many submit_job_stream streams are held for a later wait (the oldest is
