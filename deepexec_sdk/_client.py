@@ -9,6 +9,7 @@ with one Idempotency-Key per logical call, reused across its retries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -287,6 +288,8 @@ class DeepExecAsyncClient:
         its calls raise MCPError, and so do the calls still waiting in other tasks (a wait
         on a job, a stream being read) at once. Jobs already submitted go on running on the
         server."""
+        if self._closing:  # what finished calls left to do (a stream's end, a cancel)
+            await asyncio.gather(*self._closing, return_exceptions=True)
         self._closed = True
         while self._followers:
             await _close_events(self._followers.popitem()[1])
@@ -579,7 +582,10 @@ class DeepExecAsyncClient:
             check: raise MCPExecutionError on a non-zero exit (default); when False,
                 return the result whatever the exit code.
             on_stdout: called with each chunk of standard output as it is produced.
-            on_stderr: called with each chunk of standard error as it is produced.
+            on_stderr: called with each chunk of standard error as it is produced. With
+                either callback the code runs as a job, followed as it goes; should a
+                callback raise (or the call be cancelled), the call ends with that and the
+                job is cancelled.
 
         Returns:
             CodeExecutionResult: output, stdout, stderr, exit_code, execution_time (ms),
@@ -606,8 +612,13 @@ class DeepExecAsyncClient:
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
             )
-            async for _ in stream:
-                pass
+            try:
+                async for _ in stream:
+                    pass
+            except BaseException as exc:
+                if not isinstance(exc, MCPError):  # a callback failed, or the caller left
+                    self._abandon(stream.job_id)
+                raise
             return _check_execution(stream.result, check, timeout)
         # the hot path: the envelope built as _envelope would (no None left), validated as
         # _validated does
@@ -1256,6 +1267,21 @@ class DeepExecAsyncClient:
             await asyncio.sleep(interval)
             if poll_interval is None:
                 interval = min(interval * 1.5, _POLL_MAX)
+
+    def _abandon(self, job_id: str) -> None:
+        """Cancel, in the background, the job of a call that ended without its result (its
+        output callback raised, or the caller was cancelled): its program has no one left
+        to report to. A direct execution ends the same way when its request is cut."""
+        if self._closed:
+            return
+
+        async def cancel() -> None:
+            with contextlib.suppress(MCPError):
+                await self.cancel_job(job_id, reason="the caller stopped waiting")
+
+        task = asyncio.get_running_loop().create_task(cancel())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _close_later(self, events: AsyncIterator[Any]) -> None:
         """Close a stream that gave its final event, in the background: reading its end

@@ -12,11 +12,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from deepexec_sdk import CodeExecutionResult, JobOutputEvent, JobState, TextGenerationResult
+from deepexec_sdk import (
+    CodeExecutionResult,
+    DeepExecAsyncClient,
+    JobOutputEvent,
+    JobState,
+    TextGenerationResult,
+)
 from deepexec_sdk.exceptions import (
     MCPAuthError,
     MCPCanceledError,
     MCPConnectionError,
+    MCPError,
     MCPExecutionError,
     MCPGenerationError,
     MCPPermissionError,
@@ -555,6 +562,82 @@ async def test_kill_cancels_the_job_and_ends_the_stream(
     assert stream.result is None
     cancel_request = [r for r in server.requests if r.path.endswith("/cancel")]
     assert len(cancel_request) == 1
+
+
+def _cancel_route(server: ScriptedServer) -> None:
+    async def cancel(request: web.Request) -> web.Response:
+        return web.json_response(
+            ok(
+                "cancel_job",
+                {
+                    "job_id": JOB_ID,
+                    "status": "CANCELED",
+                    "canceled_at": TS,
+                    "reason": (await request.json())["input"].get("reason"),
+                },
+            )
+        )
+
+    server.on("POST", f"/v1/jobs/{JOB_ID}/cancel", cancel)
+
+
+def _cancel_requests(server: ScriptedServer) -> list[Any]:
+    return [r for r in server.requests if r.path == f"/v1/jobs/{JOB_ID}/cancel"]
+
+
+async def test_a_failing_output_callback_cancels_the_job_it_was_waiting_for(
+    live: Facade, server: ScriptedServer
+) -> None:
+    """execute_code_and_wait with a callback runs a job: when the callback raises, the call
+    ends with that error and the job, whose output now goes nowhere, is cancelled."""
+    _code_job_server(server, [status_event(), output_event("stdout", "1\n"), "wait:never"])
+    _cancel_route(server)
+
+    def callback(text: str) -> None:
+        raise ValueError("the callback failed")
+
+    with pytest.raises(ValueError, match="the callback failed"):
+        await live("execute_code_and_wait", "print(1)", "python", on_stdout=callback)
+    await live.aclose()  # waits for the background cancel
+
+    (cancel,) = _cancel_requests(server)
+    assert cancel.json()["input"]["reason"] == "the caller stopped waiting"
+    server.release("never")
+
+
+async def test_a_cancelled_wait_with_callbacks_cancels_its_job(
+    make_facade: Any, server: ScriptedServer
+) -> None:
+    _code_job_server(server, [status_event(), output_event("stdout", "1\n"), "wait:never"])
+    _cancel_route(server)
+    got = asyncio.Event()
+    client = DeepExecAsyncClient(endpoint=server.url, max_retries=0)
+    call = asyncio.ensure_future(
+        client.execute_code_and_wait("print(1)", "python", on_stdout=lambda text: got.set())
+    )
+    await asyncio.wait_for(got.wait(), 5)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await client.close()
+
+    assert len(_cancel_requests(server)) == 1
+    server.release("never")
+
+
+async def test_a_program_error_does_not_cancel_anything(
+    live: Facade, server: ScriptedServer
+) -> None:
+    """A job that failed on the server is no abandoned job: nothing is cancelled."""
+    failed = job("FAILED", 100, error={"code": "execution_timeout", "message": "too long"})
+    _code_job_server(server, [status_event(), result_event(failed)])
+    _cancel_route(server)
+
+    with pytest.raises(MCPError):
+        await live("execute_code_and_wait", "x", "python", on_stdout=lambda text: None)
+    await live.aclose()
+
+    assert _cancel_requests(server) == []
 
 
 # --------------------------------------------------------------------------- sessions
