@@ -510,6 +510,27 @@ async def test_execute_code_stream_job_failing_to_start_raises_its_error(
         await live.drain(stream)
 
 
+def _cancel_route(server: ScriptedServer, then: str | None = None) -> None:
+    """Answer the job's cancel (and set the flag ``then``)."""
+
+    async def cancel(request: web.Request) -> web.Response:
+        if then is not None:
+            server.flag(then).set()
+        return web.json_response(
+            ok(
+                "cancel_job",
+                {
+                    "job_id": JOB_ID,
+                    "status": "CANCELED",
+                    "canceled_at": TS,
+                    "reason": (await request.json())["input"].get("reason"),
+                },
+            )
+        )
+
+    server.on("POST", f"/v1/jobs/{JOB_ID}/cancel", cancel)
+
+
 async def test_kill_cancels_the_job_and_ends_the_stream(
     live: Facade, server: ScriptedServer
 ) -> None:
@@ -531,21 +552,7 @@ async def test_kill_cancels_the_job_and_ends_the_stream(
         ],
     )
 
-    async def cancel(request: web.Request) -> web.Response:
-        server.flag("killed").set()
-        return web.json_response(
-            ok(
-                "cancel_job",
-                {
-                    "job_id": JOB_ID,
-                    "status": "CANCELED",
-                    "canceled_at": TS,
-                    "reason": (await request.json())["input"].get("reason"),
-                },
-            )
-        )
-
-    server.on("POST", f"/v1/jobs/{JOB_ID}/cancel", cancel)
+    _cancel_route(server, then="killed")
 
     stream = await live("execute_code_stream", "while True: print('tick')", "python")
     consumer = asyncio.ensure_future(live.drain(stream))
@@ -562,23 +569,6 @@ async def test_kill_cancels_the_job_and_ends_the_stream(
     assert stream.result is None
     cancel_request = [r for r in server.requests if r.path.endswith("/cancel")]
     assert len(cancel_request) == 1
-
-
-def _cancel_route(server: ScriptedServer) -> None:
-    async def cancel(request: web.Request) -> web.Response:
-        return web.json_response(
-            ok(
-                "cancel_job",
-                {
-                    "job_id": JOB_ID,
-                    "status": "CANCELED",
-                    "canceled_at": TS,
-                    "reason": (await request.json())["input"].get("reason"),
-                },
-            )
-        )
-
-    server.on("POST", f"/v1/jobs/{JOB_ID}/cancel", cancel)
 
 
 def _cancel_requests(server: ScriptedServer) -> list[Any]:
