@@ -729,6 +729,11 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     state = request.app[STATE]
     params: dict[str, Any] = dict(request.query)
+    for name in params:
+        if len(request.query.getall(name)) > 1:  # dict() would keep one of them silently
+            raise ApiError(
+                "validation_error", f"{name}: given more than once", details={"path": name}
+            )
     if "limit" in params:
         try:
             params["limit"] = int(params["limit"])

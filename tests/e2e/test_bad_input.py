@@ -528,6 +528,17 @@ CASES: list[tuple[str, str, str, Any, str | None, int, str, str | None, str | No
         "cursor",
     ),
     (
+        "list-param-twice",  # one of the two would be dropped silently
+        "GET",
+        "/v1/jobs?status=RUNNING&status=PENDING",
+        None,
+        None,
+        422,
+        "validation_error",
+        "more than once",
+        "status",
+    ),
+    (
         "list-unknown-param",
         "GET",
         "/v1/jobs?colour=red",
