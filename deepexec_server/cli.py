@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import resource
@@ -67,6 +68,15 @@ def _check_state_dir(path: Path) -> None:
         raise StartupError(f"cannot use the state dir {str(path)!r}: not writable")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def _raise_open_files_limit() -> None:
     """Raise the soft limit on open files to the hard one (at most 65536): every open event
     stream holds a connection, and every running sandbox a handful of pipes, so the usual
@@ -111,6 +121,12 @@ async def serve(settings: ServerSettings) -> None:
     for address in runner.addresses:
         port = address[1]
         break
+    if not settings.tokens and not _is_loopback(settings.host):
+        log.warning(
+            "listening on %s without API tokens: anyone who can reach this address can run "
+            "code here (set --token, --tokens-file or DEEPEXEC_SERVER_TOKENS)",
+            settings.host,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -96,3 +96,38 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> Non
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def _first_lines(*args: str, state_dir: Path) -> str:
+    """Start the server, return what it logged until it listens, stop it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepexec_server", "serve", "--port", "0"]
+        + ["--state-dir", str(state_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'generated'}"},
+    )
+    try:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "warned"),
+    [
+        (["--host", "0.0.0.0"], True),
+        (["--host", "0.0.0.0", "--token", "t0k3n-for-the-test"], False),
+        (["--host", "127.0.0.1"], False),
+    ],
+)
+def test_an_open_server_on_a_reachable_address_says_so(
+    tmp_path: Path, args: list[str], warned: bool
+) -> None:
+    err = _first_lines(*args, state_dir=tmp_path / "state")
+    assert ("without API tokens: anyone who can reach this address can run code" in err) is warned
+    assert "t0k3n-for-the-test" not in err
