@@ -73,7 +73,6 @@ class OperationIR:
     path_params: list[str]
     query: str | None
     stream_terminal: list[str]
-    stream_events: list[str] = field(default_factory=list)  # 'type' of every event model
 
 
 @dataclass
@@ -240,18 +239,6 @@ def _request_side(
     return seen
 
 
-def _event_tags(
-    event: str | None, union_members: dict[str, list[str]], models: dict[str, ModelIR]
-) -> list[str]:
-    """The ``type`` of every model of a stream's event union (of its one model)."""
-    if event is None:
-        return []
-    tags = [models[name].tag for name in union_members.get(event, [event])]
-    if None in tags:
-        raise SystemExit(f"stream event {event}: every event model needs a const 'type'")
-    return [t for t in tags if t is not None]
-
-
 def build_ir(bundle: dict[str, Any]) -> ProtocolIR:
     """Build the IR of the whole protocol from the bundled schema."""
     defs: dict[str, Any] = bundle["$defs"]
@@ -328,7 +315,6 @@ def build_ir(bundle: dict[str, Any]) -> ProtocolIR:
         mdl.strict = mdl.name in strict
     for enum in enums:
         enum.response_only = enum.name not in strict
-    union_members = {u.name: u.union_members for u in unions}
     model_names = {m.name: m for m in models}
     operations = []
     for o in ops_raw:
@@ -343,7 +329,6 @@ def build_ir(bundle: dict[str, Any]) -> ProtocolIR:
             stream_event=_ref_name(o["stream_event"]), idempotent=o["idempotent"],
             idempotency_key=o["idempotency_key"], path_params=list(o["path_params"]),
             query=_ref_name(o["query"]), stream_terminal=list(o.get("stream_terminal", [])),
-            stream_events=_event_tags(_ref_name(o["stream_event"]), union_members, model_names),
         ))
     errors = [
         ErrorCodeIR(code, v["http_status"], v["exception"], v["retryable"], v["description"])

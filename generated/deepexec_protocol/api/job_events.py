@@ -20,15 +20,7 @@ from ..models import JobEvent
 
 OPERATION = OPERATIONS["job_events"]
 TERMINAL_EVENTS = frozenset(OPERATION.stream_terminal)
-EVENT_TYPES = frozenset(
-    (
-        "job_status_event",
-        "job_progress_event",
-        "job_output_event",
-        "job_result_event",
-        "stream_error",
-    )
-)
+EVENT_TYPES = _http.event_types(JobEvent)
 """The event types of this stream; an event of another type (which a server of a later MINOR
 version may send) is skipped."""
 

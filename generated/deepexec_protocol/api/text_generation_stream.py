@@ -19,7 +19,7 @@ from ..models import TextGenerationRequest, TextGenerationStreamEvent
 
 OPERATION = OPERATIONS["text_generation_stream"]
 TERMINAL_EVENTS = frozenset(OPERATION.stream_terminal)
-EVENT_TYPES = frozenset(("text_generation_chunk", "text_generation_done", "stream_error"))
+EVENT_TYPES = _http.event_types(TextGenerationStreamEvent)
 """The event types of this stream; an event of another type (which a server of a later MINOR
 version may send) is skipped."""
 
