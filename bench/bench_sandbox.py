@@ -19,8 +19,12 @@ Compares, for ``print(1)`` (median of N rounds):
 In both sandboxed cases python ends the program the way the sandbox's bootstrap does
 (the observable part of the interpreter's shutdown, then ``os._exit``: see
 ``deepexec_server/sandbox/languages.py``), which spares it about 1.5 ms of the bare
-interpreter's module teardown; bare python pays its whole shutdown. The creation
-overhead printed is therefore net of that saving.
+interpreter's module teardown; bare python pays its whole shutdown. And it starts
+without the site module (``-I -S``; the bootstrap sets site's search path and builtins
+but does not run the host's site customisation), which spares it about 2 ms more of
+this machine's start-up (``.pth`` import lines, ``sitecustomize``); bare python runs
+them. The creation overhead printed is therefore net of both savings: the sandbox
+itself costs about 3.5 ms more than that figure.
 
 The three are interleaved round by round (bare, cold, warm, bare, cold, ...), so a
 load spike on a shared machine hits all of them alike. Prints the ratios to bare and

@@ -22,7 +22,13 @@ Observable details, identical for cold and warm runs:
   ``print(1)`` run, most of its tail). A program that inspects the collector sees it:
   ``gc.get_freeze_count()`` is not 0, and ``gc.get_objects()`` and
   ``gc.get_referrers()`` leave the frozen start-up objects out (``gc.unfreeze()`` puts
-  them back). The program is
+  them back). The interpreter starts with ``-I -S`` (isolated, no site module): the bootstrap
+  sets the search path the same interpreter's site makes (found once by
+  :func:`precompile_bootstrap`; the user's site-packages under ``HOME``, with its
+  ``.pth`` files, when it exists) and site's builtins (``exit``, ``quit``, ``help``,
+  ``copyright``, ``credits``, ``license``); the host's site customisation
+  (``sitecustomize``, ``usercustomize``, import lines of the system's ``.pth`` files)
+  does not run: host code, ~2 ms of every start. The program is
   compiled as the interpreter compiles a script (exec of its source, caught by an
   audit hook before it runs, then named after its file): the same code objects as
   ``compile(source, path, "exec")``, without that builtin's one-time set-up of the
@@ -42,6 +48,7 @@ translation unit makes ``stdout`` line-buffered, as on a terminal, so output str
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import fcntl
 import os
@@ -66,8 +73,36 @@ __all__ = [
 ]
 
 _PY_BOOT_DEF = r"""
-def _deepexec_boot(fd, path, wd):
+def _deepexec_boot(fd, path, wd, site_paths=None):
     import os, sys  # locals: the globals of this code are __main__'s, cleared below
+
+    if site_paths is not None:
+        # Started with -I -S: do what the site module's start-up does that a program
+        # sees, without running the host's site customisation (sitecustomize,
+        # usercustomize, the import lines of .pth files: host code, ~2 ms of every
+        # start). site_paths is sys.path as the same interpreter's site made it
+        # (precompile_bootstrap); the builtins are site's own.
+        import builtins, _sitebuiltins
+
+        base = sys.path[:]
+        extra_site = [p for p in site_paths if p not in base]
+        eof = "Ctrl-D (i.e. EOF)"
+        builtins.quit = _sitebuiltins.Quitter("quit", eof)
+        builtins.exit = _sitebuiltins.Quitter("exit", eof)
+        builtins.copyright = _sitebuiltins._Printer("copyright", sys.copyright)
+        builtins.credits = _sitebuiltins._Printer(
+            "credits",
+            "    Thanks to CWI, CNRI, BeOpen.com, Zope Corporation and a cast of thousands\n"
+            "    for supporting Python development.  See www.python.org for more information.",
+        )
+        here = getattr(sys, "_stdlib_dir", None) or os.path.dirname(os.__file__)
+        builtins.license = _sitebuiltins._Printer(
+            "license",
+            "See https://www.python.org/psf/license/",
+            ["LICENSE.txt", "LICENSE"],
+            [os.path.join(here, os.pardir), here, os.curdir],
+        )
+        builtins.help = _sitebuiltins._Helper()
 
     # The program is compiled the way the interpreter compiles a script or -c: through
     # exec() of its source, which skips the one-time set-up of the ast module's types
@@ -136,7 +171,22 @@ def _deepexec_boot(fd, path, wd):
             os.environ[os.fsdecode(key)] = os.fsdecode(value)
     sys.argv[:] = [path]
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[0:1] = [wd, *extra]
+    if site_paths is None:
+        sys.path[0:1] = [wd, *extra]
+    else:
+        # the user's site-packages, as site adds it: when it exists, before the system's
+        user = []
+        home = os.environ.get("HOME")
+        if home:
+            version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+            user_site = os.path.join(home, ".local", "lib", version, "site-packages")
+            if os.path.isdir(user_site):
+                import site
+
+                saved = sys.path[:]
+                site.addsitedir(user_site)  # its .pth files too: the user's own
+                user = [p for p in sys.path if p not in saved]
+        sys.path[:] = [wd, *extra, *base, *user, *extra_site]
     sys.stdout.reconfigure(line_buffering=True)
     with open(path, "rb") as f:
         source = f.read()
@@ -207,9 +257,15 @@ _PY_BOOT_FROM_FD = (
     "import marshal, os, sys\n"
     "d = os.pread(%(code_fd)d, %(size)d, 0)\n"
     "os.close(%(code_fd)d)\n"
-    "exec(marshal.loads(d[:%(code_len)d]) if sys.implementation.cache_tag == %(tag)r "
-    "else d[%(code_len)d:].decode())\n"
-    "_deepexec_boot(%(fd)d, %(path)r, %(wd)r)\n"
+    "if sys.implementation.cache_tag == %(tag)r:\n"
+    "    exec(marshal.loads(d[:%(code_len)d]))\n"
+    "    _deepexec_boot(%(fd)d, %(path)r, %(wd)r, %(site_paths)r)\n"
+    "else:\n"
+    "    import site\n"
+    "    site.main()\n"
+    "    sys.path.insert(0, '')\n"
+    "    exec(d[%(code_len)d:].decode())\n"
+    "    _deepexec_boot(%(fd)d, %(path)r, %(wd)r)\n"
 )
 
 _JS_BOOT = r"""
@@ -329,7 +385,7 @@ def _python_boot(binary: str) -> Callable[[int, str, str, int], list[str]]:
 
 
 def _python_boot_from_fd(
-    binary: str, code_fd: int, code_len: int, size: int, tag: str
+    binary: str, code_fd: int, code_len: int, size: int, tag: str, site_paths: list[str]
 ) -> Callable[[int, str, str, int], list[str]]:
     def argv(fd: int, path: str, wd: str, memory: int) -> list[str]:
         params = {
@@ -340,8 +396,11 @@ def _python_boot_from_fd(
             "fd": fd,
             "path": path,
             "wd": wd,
+            "site_paths": site_paths,
         }
-        return [binary, "-c", _PY_BOOT_FROM_FD % params]
+        # -I -S: isolated (no PYTHON* variables, no user site at start) and without the
+        # site module, whose visible effects the bootstrap reproduces (see _PY_BOOT_DEF)
+        return [binary, "-I", "-S", "-c", _PY_BOOT_FROM_FD % params]
 
     return argv
 
@@ -378,7 +437,7 @@ async def precompile_bootstrap(spec: LanguageSpec) -> LanguageSpec:
             spec.binary,
             "-I",
             "-c",
-            _PY_MARSHAL + "\nsys.stderr.write(sys.implementation.cache_tag)",
+            _PY_MARSHAL + "\nsys.stderr.write(repr((sys.implementation.cache_tag, sys.path)))",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -389,13 +448,18 @@ async def precompile_bootstrap(spec: LanguageSpec) -> LanguageSpec:
         return spec
     if proc.returncode != 0 or not out:
         return spec
-    tag = err.decode("ascii", "replace").strip()
+    try:
+        tag, site_paths = ast.literal_eval(err.decode("utf-8"))
+    except (ValueError, SyntaxError, UnicodeDecodeError, TypeError):
+        return spec
+    if not isinstance(tag, str) or not all(isinstance(p, str) for p in site_paths):
+        return spec
     data = out + _PY_BOOT_DEF.encode()
     try:
         fd = sealed_memfd("deepexec-python-boot", data)
     except OSError:
         return spec
-    bootstrap = _python_boot_from_fd(spec.binary, fd, len(out), len(data), tag)
+    bootstrap = _python_boot_from_fd(spec.binary, fd, len(out), len(data), tag, site_paths)
     return attrs.evolve(spec, bootstrap=bootstrap, boot_fds=(fd,))
 
 

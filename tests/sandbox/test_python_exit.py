@@ -73,6 +73,16 @@ CASES = {
     "logging flushed": (
         "import logging\nlogging.basicConfig(level=logging.INFO)\nlogging.info('logged')"
     ),
+    # the interpreter starts without the site module (-I -S); the bootstrap does what
+    # site does that a program sees: its builtins and the search path
+    "exit builtin": "print('x')\nexit(4)",
+    "quit builtin": "quit('by quit')",
+    "site's builtins and search path": (
+        "import builtins, sys\n"
+        "print(sys.path[1:])\n"
+        "for name in ('exit', 'quit', 'copyright', 'credits', 'license', 'help'):\n"
+        "    print(name, repr(getattr(builtins, name)))"
+    ),
 }
 
 #: files left open, written only by their buffers' flush at the end
@@ -236,3 +246,55 @@ async def test_bad_sources_fail_as_under_the_bare_interpreter(
         # no frame of the bootstrap: the error names the program's file, as bare python
         assert out.stderr.startswith('  File "/sandbox/main.py", line '), out.stderr
         assert _normalise(out.stderr) == _normalise(stderr)
+
+
+#: a program that prints its search path (work dir first: left out) and whether the
+#: import line of a .pth file of the user's site-packages ran
+USER_SITE_PROBE = (
+    "import sys, mine\nprint(mine.X, getattr(sys, 'from_pth', None))\nprint(sys.path[1:])\n"
+)
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_the_users_site_packages_is_used_as_under_the_bare_interpreter(
+    executors: dict[str, LocalExecutor], limits: Limits, session_dir: Path, mode: str
+) -> None:
+    """~/.local/lib/pythonX.Y/site-packages of the session (HOME is the work dir), with
+    its .pth files (a path, relative to it, and an import line: the user's own), goes
+    where site puts it:
+    after the standard library, before the system's site-packages."""
+    ex = executors[mode]
+    setup = (
+        "import os, sys\n"
+        "d = os.path.expanduser('~/.local/lib/python%d.%d/site-packages' % sys.version_info[:2])\n"
+        "os.makedirs(d + '/extra')\n"
+        "open(d + '/mine.py', 'w').write('X = 5\\n')\n"
+        "open(d + '/a.pth', 'w').write('extra\\nimport sys; sys.from_pth = 1\\n')\n"
+    )
+    out = await ex.execute(
+        ExecutionRequest(code=setup, language="python", limits=limits, workdir=session_dir)
+    )
+    assert out.exit_code == 0, out
+    if mode == "warm":
+        await ex.wait_warm()
+    out = await ex.execute(
+        ExecutionRequest(
+            code=USER_SITE_PROBE, language="python", limits=limits, workdir=session_dir
+        )
+    )
+    assert out.exit_code == 0, out
+    lines = out.stdout.splitlines()
+    assert lines[0] == "5 1", out
+    # the same files under a bare interpreter whose HOME is the session dir
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "main.py").write_text(USER_SITE_PROBE)
+        r = subprocess.run(  # noqa: ASYNC221 (a test: the loop has nothing else to do)
+            ["/usr/bin/python3", f"{tmp}/main.py"],
+            capture_output=True,
+            text=True,
+            env={"HOME": str(session_dir)},
+            check=True,
+        )
+    assert lines[1] == r.stdout.splitlines()[1].replace(str(session_dir), "/work"), (out, r)
+    assert "/work/.local/lib/python" in lines[1] and "site-packages/extra'" in lines[1]
+    await ex.release_workdir(session_dir)
