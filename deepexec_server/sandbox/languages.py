@@ -28,7 +28,9 @@ Observable details, identical for cold and warm runs:
   ``.pth`` files, when it exists) and site's builtins (``exit``, ``quit``, ``help``,
   ``copyright``, ``credits``, ``license``); the host's site customisation
   (``sitecustomize``, ``usercustomize``, import lines of the system's ``.pth`` files)
-  does not run: host code, ~2 ms of every start. The program is
+  does not run: host code, ~2 ms of every start. Interpreters that multiprocessing
+  starts (``spawn``, ``forkserver``) inherit the flags, as they inherit any: they get
+  the parent's search path, not site's builtins. The program is
   compiled as the interpreter compiles a script (exec of its source, caught by an
   audit hook before it runs, then named after its file): the same code objects as
   ``compile(source, path, "exec")``, without that builtin's one-time set-up of the

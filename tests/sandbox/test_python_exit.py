@@ -298,3 +298,26 @@ async def test_the_users_site_packages_is_used_as_under_the_bare_interpreter(
     assert lines[1] == r.stdout.splitlines()[1].replace(str(session_dir), "/work"), (out, r)
     assert "/work/.local/lib/python" in lines[1] and "site-packages/extra'" in lines[1]
     await ex.release_workdir(session_dir)
+
+
+SPAWNED = """
+import multiprocessing as mp, sys
+def path(_):
+    return sys.path
+if __name__ == '__main__':
+    with mp.get_context('spawn').Pool(1) as pool:
+        print(pool.map(path, [0])[0] == sys.path, 'dist-packages' in repr(sys.path))
+"""
+
+
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_spawned_interpreters_get_the_programs_search_path(
+    executors: dict[str, LocalExecutor], limits: Limits, mode: str
+) -> None:
+    """multiprocessing's spawn starts interpreters with the flags of this one (-I -S):
+    they get its search path all the same (the system's site-packages included)."""
+    ex = executors[mode]
+    if mode == "warm":
+        await ex.wait_warm()
+    out = await ex.execute(ExecutionRequest(code=SPAWNED, language="python", limits=limits))
+    assert (out.stdout, out.exit_code) == ("True True\n", 0), out
