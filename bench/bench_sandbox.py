@@ -24,7 +24,9 @@ without the site module (``-I -S``; the bootstrap sets site's search path and bu
 but does not run the host's site customisation), which spares it about 2 ms more of
 this machine's start-up (``.pth`` import lines, ``sitecustomize``); bare python runs
 them. The creation overhead printed is therefore net of both savings: the sandbox
-itself costs about 3.5 ms more than that figure.
+itself costs about 3.5 ms more than that figure. For reference, the table also shows
+``/usr/bin/python3 -I -S -c "print(1)"`` (a bare interpreter without site, which runs
+neither that customisation nor the bootstrap) measured in the same rounds.
 
 The three are interleaved round by round (bare, cold, warm, bare, cold, ...), so a
 load spike on a shared machine hits all of them alike. Prints the ratios to bare and
@@ -66,9 +68,9 @@ PROGRAMS = {
 }
 
 
-def bare_once() -> float:
+def bare_once(*flags: str) -> float:
     t = time.perf_counter()
-    r = subprocess.run([PY, "-c", "print(1)"], env={}, capture_output=True, check=True)
+    r = subprocess.run([PY, *flags, "-c", "print(1)"], env={}, capture_output=True, check=True)
     elapsed = (time.perf_counter() - t) * 1000
     assert r.stdout == b"1\n"
     return elapsed
@@ -103,7 +105,7 @@ async def rounds(
     await cold.start()
     await warm.start()
     out: dict[str, dict[str, list[float]]] = {
-        lang: {"bare": [], "cold": [], "warm": []} for lang in languages
+        lang: {"bare": [], "bare -I -S": [], "cold": [], "warm": []} for lang in languages
     }
     try:
         for i in range(n + 2):  # the first two rounds warm the page cache
@@ -112,6 +114,8 @@ async def rounds(
                 if with_bare and lang == "python":
                     await settle(warm)
                     b = bare_once()
+                    await settle(warm)
+                    b_nosite = bare_once("-I", "-S")
                 await settle(warm)
                 c = await timed(cold, lang)
                 await settle(warm)
@@ -119,6 +123,7 @@ async def rounds(
                 if i >= 2:
                     if with_bare and lang == "python":
                         res["bare"].append(b)
+                        res["bare -I -S"].append(b_nosite)
                     res["cold"].append(c)
                     res["warm"].append(w)
     finally:
@@ -143,6 +148,7 @@ def main() -> int:
         ("bare /usr/bin/python3", "bare"),
         ("sandbox, cold", "cold"),
         ("sandbox, warm pool", "warm"),
+        ("(bare, -I -S: no site)", "bare -I -S"),
     ):
         xs = py[key]
         p90 = statistics.quantiles(xs, n=10)[-1]
