@@ -1349,7 +1349,10 @@ class DeepExecAsyncClient:
         return AsyncSession(self, info)
 
     async def close_session(self, session_id: str) -> m.SessionClosed:
-        """Close session ``session_id`` and free everything it holds.
+        """Close session ``session_id`` and free everything it holds: its jobs still
+        pending or running are canceled (reason "its session was closed"), an execution
+        running in it is stopped (that call raises MCPNotFoundError), and its directory
+        is deleted, all before this returns.
 
         Args:
             session_id: the session's id (``sess_`` and 32 hex digits).
@@ -1486,8 +1489,10 @@ class AsyncSession:
         return await self._client.generate_text_job(prompt, session_id=self.session_id, **kwargs)
 
     async def close(self) -> None:
-        """Close the session on the server (idempotent). If closing fails (the server
-        is unreachable), the session stays open and ``close`` may be called again.
+        """Close the session on the server (idempotent): what still runs in it is
+        stopped, its jobs canceled, its files deleted (see
+        :meth:`DeepExecAsyncClient.close_session`). If closing fails (the server is
+        unreachable), the session stays open and ``close`` may be called again.
 
         Raises:
             MCPConnectionError: the server can not be reached.

@@ -50,7 +50,7 @@ from .providers.registry import ProviderRegistry
 from .runners import JobSecrets, code_runner, execution_result, text_runner
 from .sandbox import ExecutionRequest, Executor, SandboxSettings, UnsupportedLanguageError
 from .sandbox.base import validate_env
-from .sessions import SessionLimitExceeded, SessionManager, SessionNotFound
+from .sessions import SessionClosed, SessionLimitExceeded, SessionManager, SessionNotFound
 from .settings import ServerSettings
 
 log = logging.getLogger("deepexec.server")
@@ -463,9 +463,15 @@ def _forget_closed_session_keys(state: ServerState) -> None:
 
 
 async def close_session(request: web.Request) -> web.Response:
+    """Close a session: its jobs still pending or running are canceled, the programs
+    running in it stopped, its directory removed; then the answer."""
     state = request.app[STATE]
     session_id = request.match_info["session_id"]
-    if not await state.sessions.close(session_id, request["owner"]):
+    owner = request["owner"]
+    if state.sessions.get(session_id, owner, touch=False) is None:
+        raise ApiError("not_found", f"no open session {session_id[:64]!r}")
+    await state.manager.cancel_session_jobs(session_id, owner, "its session was closed")
+    if not await state.sessions.close(session_id, owner):  # closed meanwhile
         raise ApiError("not_found", f"no open session {session_id[:64]!r}")
     return success(
         "close_session", request, m.SessionClosed(session_id=session_id, closed_at=_now())
@@ -504,6 +510,8 @@ async def code_execution(request: web.Request) -> web.Response:
             return await run(None)
         async with state.sessions.use(body.session_id, request["owner"]) as session:
             return await run(session.workdir)
+    except SessionClosed as exc:
+        raise ApiError("not_found", str(exc), details={"path": "session_id"}) from None
     except SessionNotFound:
         raise ApiError(
             "not_found", f"no open session {body.session_id!r}", details={"path": "session_id"}

@@ -42,6 +42,7 @@ from .jobs.models import rfc3339, utc_now
 
 __all__ = [
     "Session",
+    "SessionClosed",
     "SessionLimitExceeded",
     "SessionManager",
     "SessionNotFound",
@@ -98,12 +99,28 @@ class SessionLimitExceeded(Exception):
         self.limit = limit
 
 
+class SessionClosed(SessionNotFound):
+    """The session was closed while a program ran in it: the program was stopped."""
+
+    def __init__(self, session_id: str) -> None:
+        Exception.__init__(
+            self, f"session {session_id} was closed during the execution, which was stopped"
+        )
+        self.session_id = session_id
+
+
+#: How long closing a session waits for the programs running in it to be stopped.
+_STOP_WAIT = 10.0
+
+
 class _Entry:
     def __init__(self, session: Session, ttl: timedelta) -> None:
         self.session = session
         self.ttl = ttl
         self.leases = 0
         self.closed = False
+        #: the tasks running a program in the session -> whether closing it stopped them
+        self.users: dict[asyncio.Task[Any], bool] = {}
 
 
 async def _call_hook(hook: WorkdirHook | None, session: Session) -> None:
@@ -251,17 +268,28 @@ class SessionManager:
     async def use(self, session_id: str, owner: str | None) -> AsyncIterator[Session]:
         """Hold the session while a program runs in its workdir.
 
-        A held session never expires, and closing it defers the removal of its
-        directory until the last holder lets go. Raises :class:`SessionNotFound`.
+        A held session never expires. :meth:`close` stops the holders (it cancels the
+        task holding it: what runs inside then raises :class:`SessionClosed`, unless the
+        task was being cancelled anyway) and removes the directory once the last one has
+        let go. Raises :class:`SessionNotFound`.
         """
         entry = self._lookup(session_id, owner)
         if entry is None:
             raise SessionNotFound(session_id)
         self._touch(entry)
         entry.leases += 1
+        task = asyncio.current_task()
+        if task is not None:
+            entry.users[task] = False
         try:
             yield entry.session
+        except asyncio.CancelledError:
+            if task is not None and entry.users.get(task) and task.uncancel() == 0:
+                raise SessionClosed(session_id) from None
+            raise
         finally:
+            if task is not None:
+                entry.users.pop(task, None)
             entry.leases -= 1
             if entry.closed:
                 if entry.leases == 0:
@@ -270,11 +298,13 @@ class SessionManager:
                 self._touch(entry)
 
     async def close(self, session_id: str, owner: str | None) -> bool:
-        """Close the session and remove its workdir; False if there was no such session."""
+        """Close the session: stop the programs running in it (see :meth:`use`; waits up
+        to 10 s for them to end) and remove its workdir. False if there was no such
+        session."""
         entry = self._lookup(session_id, owner)
         if entry is None:
             return False
-        await self._close_entry(entry)
+        await self._close_entry(entry, stop=True)
         return True
 
     async def expire_idle(self) -> list[str]:
@@ -305,11 +335,21 @@ class SessionManager:
         now = self._clock()
         entry.session = evolve(entry.session, last_used_at=now, expires_at=now + entry.ttl)
 
-    async def _close_entry(self, entry: _Entry) -> None:
+    async def _close_entry(self, entry: _Entry, *, stop: bool = False) -> None:
         if entry.closed:
             return
         entry.closed = True
         self._entries.pop(entry.session.session_id, None)
+        if stop:
+            me = asyncio.current_task()  # a holder closing its own session is not stopped
+            users = [task for task in entry.users if not task.done() and task is not me]
+            for task in users:
+                entry.users[task] = True
+                task.cancel()
+            if users:
+                # the last holder to let go removes the directory (see use)
+                await asyncio.wait(users, timeout=_STOP_WAIT)
+                return
         if entry.leases == 0:
             await self._remove_entry_files(entry)
 

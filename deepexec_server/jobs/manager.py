@@ -85,6 +85,7 @@ from typing import Any, Final
 from attrs import define, evolve
 
 from .models import (
+    JobAlreadyFinished,
     JobError,
     JobFailure,
     JobNotFound,
@@ -571,6 +572,20 @@ class JobManager:
                 live.task.cancel()
         self._publish_terminal(record)
         return record
+
+    async def cancel_session_jobs(
+        self, session_id: str, owner: str | None, reason: str
+    ) -> builtins.list[str]:
+        """Cancel every PENDING or RUNNING job of ``owner`` in session ``session_id`` (it
+        is being closed); return their ids."""
+        canceled = []
+        for job_id in await self._store.unfinished_in_session(session_id, owner):
+            try:
+                await self.cancel(job_id, owner, reason)
+            except (JobNotFound, JobAlreadyFinished):
+                continue  # it ended meanwhile
+            canceled.append(job_id)
+        return canceled
 
     async def subscribe(
         self, job_id: str, owner: str | None, *, max_buffered_output_chars: int | None = None

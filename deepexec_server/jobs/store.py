@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import contextlib
 import json
 import logging
@@ -654,6 +655,19 @@ class JobStore:
             return updated
 
         return await self._write(run)
+
+    async def unfinished_in_session(self, session_id: str, owner: str | None) -> builtins.list[str]:
+        """Ids of ``owner``'s PENDING or RUNNING jobs that run in session ``session_id``."""
+        owner_key = _owner_key(owner)
+
+        def run(conn: sqlite3.Connection) -> builtins.list[str]:
+            rows = conn.execute(
+                "SELECT job_id FROM jobs WHERE status IN (?, ?) AND session_id = ? AND owner = ?",
+                (*_UNFINISHED, session_id, owner_key),
+            ).fetchall()
+            return [row["job_id"] for row in rows]
+
+        return await self._read(run)
 
     async def requeue(self, job_id: str, *, count_attempt: bool = False) -> JobRecord | None:
         """RUNNING -> PENDING (progress and ``started_at`` reset).

@@ -23,6 +23,7 @@ from deepexec_sdk.exceptions import (
     MCPCanceledError,
     MCPConflictError,
     MCPError,
+    MCPNotFoundError,
     MCPServiceUnavailableError,
 )
 from tests.e2e.conftest import (
@@ -219,6 +220,88 @@ async def test_cancel_running_job_kills_its_processes(server: ServerProcess) -> 
             await c.cancel_job(stream.job_id, reason="again")
         assert err.value.http_status == 409
         assert (await c.get_job_status(stream.job_id)).cancel_reason == "e2e: stop it"
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+async def test_closing_a_session_stops_everything_running_in_it(
+    start_server: ServerFactory,
+) -> None:
+    """close_session stops a direct execution running in the session (its call raises
+    not_found; its processes are gone), cancels the session's running and pending jobs
+    (their processes are gone), and removes the directory before it answers."""
+    srv = start_server(env={"DEEPEXEC_SERVER_CONCURRENCY": "1"})
+    async with make_client(srv) as c:
+        # a direct execution, running
+        session = await c.create_session()
+        marker = f"deepexec-e2e-{uuid.uuid4().hex}"
+        program = (
+            "import subprocess, sys, time\n"
+            "sleeper = 'import time; time.sleep(300)'\n"
+            f"subprocess.Popen([sys.executable, '-c', sleeper, {marker!r}])\n"
+            "time.sleep(300)\n"
+        )
+        direct = asyncio.create_task(
+            c.execute_code_and_wait(program, "python", session_id=session.session_id, timeout=120)
+        )
+        await wait_until(lambda: bool(_pids_with(marker)), timeout=20, what="the program")
+        procs = _pids_with(marker)
+        await session.close()
+        assert not (srv.state_dir / "sessions" / session.session_id).exists()
+        with pytest.raises(MCPNotFoundError, match="closed during the execution") as err:
+            await asyncio.wait_for(direct, timeout=20)
+        assert err.value.http_status == 404
+        await wait_until(
+            lambda: not any(pid_alive(p) for p in procs), timeout=10, what="its processes to end"
+        )
+
+        # a running job, a pending one, and a direct execution waiting for its turn
+        session = await c.create_session()
+        sid = session.session_id
+        stream = await c.execute_code_stream(SLEEPER, "python", timeout=120, session_id=sid)
+        first = ""
+        async for chunk in stream:
+            first += chunk.data
+            if "\n" in first:
+                break
+        m = re.fullmatch(r"ids (\d+) (\d+) (\d+)\n", first)
+        assert m, first
+        uid = int(m.group(1))
+        procs = pids_of_uid(uid)
+        assert len(procs) >= 2, procs
+        pending = await c.execute_code_job("open('ran', 'w')", "python", session_id=sid)
+        assert await job_state(c, pending.job_id) == "PENDING"  # the one worker is busy
+        waiting = asyncio.create_task(
+            c.execute_code_and_wait("print('late')", "python", session_id=sid)
+        )
+        await asyncio.sleep(0.3)
+        await session.close()
+        assert not (srv.state_dir / "sessions" / sid).exists()
+        for job_id in (stream.job_id, pending.job_id):
+            status = await c.get_job_status(job_id)
+            assert status.status.value == "CANCELED", status
+            assert status.cancel_reason == "its session was closed"
+        with pytest.raises(MCPNotFoundError):
+            await asyncio.wait_for(waiting, timeout=20)
+        await wait_until(
+            lambda: not any(pid_alive(p) for p in procs) and not pids_of_uid(uid),
+            timeout=10,
+            what=f"the processes of uid {uid} to be gone",
+        )
+        with pytest.raises(MCPNotFoundError):
+            await c.execute_code_and_wait("print(1)", "python", session_id=sid)
+        assert (await c.execute_code_and_wait("print(1)", "python")).stdout == "1\n"
 
 
 async def test_cancel_pending_job_never_runs(start_server: ServerFactory) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from deepexec_server.sessions import (
     Session,
+    SessionClosed,
     SessionLimitExceeded,
     SessionManager,
     SessionNotFound,
@@ -125,6 +126,51 @@ async def test_a_session_in_use_does_not_expire_and_close_waits_for_it(tmp_path:
         assert await manager.close(session.session_id, "alice")
         assert manager.get(session.session_id, "alice") is None
         assert session.workdir.is_dir()  # still in use: removal deferred
+    assert not session.workdir.exists()
+
+
+async def test_close_stops_the_programs_holding_the_session(tmp_path: Path) -> None:
+    """A holder in another task (a program running in the session) is stopped: it sees
+    SessionClosed; close() returns once it has let go, with the directory removed."""
+    manager = SessionManager(tmp_path, ttl=60)
+    session = await manager.create("alice")
+    started = asyncio.Event()
+    cleaned_up: list[bool] = []
+
+    async def program() -> None:
+        async with manager.use(session.session_id, "alice"):
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            finally:
+                cleaned_up.append(session.workdir.is_dir())  # still there while it runs
+
+    holder = asyncio.create_task(program())
+    await started.wait()
+    assert await manager.close(session.session_id, "alice")
+    assert holder.done() and cleaned_up == [True]
+    with pytest.raises(SessionClosed, match="closed during the execution"):
+        holder.result()
+    assert isinstance(holder.exception(), SessionNotFound)  # what callers already catch
+    assert not session.workdir.exists()
+    assert not holder.cancelled() and holder.cancelling() == 0
+
+
+async def test_a_holder_cancelled_for_another_reason_stays_cancelled(tmp_path: Path) -> None:
+    manager = SessionManager(tmp_path, ttl=60)
+    session = await manager.create("alice")
+    started = asyncio.Event()
+
+    async def program() -> None:
+        async with manager.use(session.session_id, "alice"):
+            started.set()
+            await asyncio.sleep(60)
+
+    holder = asyncio.create_task(program())
+    await started.wait()
+    holder.cancel()  # e.g. its client went away, at the same moment
+    assert await manager.close(session.session_id, "alice")
+    assert holder.cancelled()
     assert not session.workdir.exists()
 
 
