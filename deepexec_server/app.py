@@ -468,11 +468,13 @@ async def close_session(request: web.Request) -> web.Response:
     state = request.app[STATE]
     session_id = request.match_info["session_id"]
     owner = request["owner"]
-    if state.sessions.get(session_id, owner, touch=False) is None:
+    closing = state.sessions.begin_close(session_id, owner)  # no new job or use from now
+    if closing is None:
         raise ApiError("not_found", f"no open session {session_id[:64]!r}")
-    await state.manager.cancel_session_jobs(session_id, owner, "its session was closed")
-    if not await state.sessions.close(session_id, owner):  # closed meanwhile
-        raise ApiError("not_found", f"no open session {session_id[:64]!r}")
+    try:
+        await state.manager.cancel_session_jobs(session_id, owner, "its session was closed")
+    finally:
+        await closing.finish()
     return success(
         "close_session", request, m.SessionClosed(session_id=session_id, closed_at=_now())
     )

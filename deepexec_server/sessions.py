@@ -41,6 +41,7 @@ from attrs import define, evolve
 from .jobs.models import rfc3339, utc_now
 
 __all__ = [
+    "ClosingSession",
     "Session",
     "SessionClosed",
     "SessionLimitExceeded",
@@ -121,6 +122,22 @@ class _Entry:
         self.closed = False
         #: the tasks running a program in the session -> whether closing it stopped them
         self.users: dict[asyncio.Task[Any], bool] = {}
+
+
+class ClosingSession:
+    """A session :meth:`SessionManager.begin_close` took away; :meth:`finish` stops what
+    still runs in it and removes its directory."""
+
+    def __init__(self, manager: SessionManager, entry: _Entry) -> None:
+        self._manager = manager
+        self._entry = entry
+
+    @property
+    def session(self) -> Session:
+        return self._entry.session
+
+    async def finish(self) -> None:
+        await self._manager._stop_and_remove(self._entry)
 
 
 async def _call_hook(hook: WorkdirHook | None, session: Session) -> None:
@@ -301,11 +318,22 @@ class SessionManager:
         """Close the session: stop the programs running in it (see :meth:`use`; waits up
         to 10 s for them to end) and remove its workdir. False if there was no such
         session."""
+        closing = self.begin_close(session_id, owner)
+        if closing is None:
+            return False
+        await closing.finish()
+        return True
+
+    def begin_close(self, session_id: str, owner: str | None) -> ClosingSession | None:
+        """The first half of :meth:`close`: from now on the session is gone for every new
+        use or lookup (what holds it already goes on). ``None`` if there is no such
+        session. Await the result's ``finish()`` for the rest."""
         entry = self._lookup(session_id, owner)
         if entry is None:
-            return False
-        await self._close_entry(entry, stop=True)
-        return True
+            return None
+        entry.closed = True
+        self._entries.pop(session_id, None)
+        return ClosingSession(self, entry)
 
     async def expire_idle(self) -> list[str]:
         """Close every session idle past its TTL (and not in use); return their ids."""
@@ -335,22 +363,24 @@ class SessionManager:
         now = self._clock()
         entry.session = evolve(entry.session, last_used_at=now, expires_at=now + entry.ttl)
 
-    async def _close_entry(self, entry: _Entry, *, stop: bool = False) -> None:
+    async def _close_entry(self, entry: _Entry) -> None:
         if entry.closed:
             return
         entry.closed = True
         self._entries.pop(entry.session.session_id, None)
-        if stop:
-            me = asyncio.current_task()  # a holder closing its own session is not stopped
-            users = [task for task in entry.users if not task.done() and task is not me]
-            for task in users:
-                entry.users[task] = True
-                task.cancel()
-            if users:
-                # the last holder to let go removes the directory (see use)
-                await asyncio.wait(users, timeout=_STOP_WAIT)
-                return
         if entry.leases == 0:
+            await self._remove_entry_files(entry)
+
+    async def _stop_and_remove(self, entry: _Entry) -> None:
+        """Stop the holders of a closed session; the last to let go removes its files."""
+        me = asyncio.current_task()  # a holder closing its own session is not stopped
+        users = [task for task in entry.users if not task.done() and task is not me]
+        for task in users:
+            entry.users[task] = True
+            task.cancel()
+        if users:
+            await asyncio.wait(users, timeout=_STOP_WAIT)
+        elif entry.leases == 0:
             await self._remove_entry_files(entry)
 
     async def _remove_entry_files(self, entry: _Entry) -> None:

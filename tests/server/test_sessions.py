@@ -156,6 +156,23 @@ async def test_close_stops_the_programs_holding_the_session(tmp_path: Path) -> N
     assert not holder.cancelled() and holder.cancelling() == 0
 
 
+async def test_a_closing_session_takes_no_new_use(tmp_path: Path) -> None:
+    """From begin_close on (the server cancels the session's jobs meanwhile), the session
+    is gone for lookups and new uses; finish() then removes it."""
+    manager = SessionManager(tmp_path, ttl=60)
+    session = await manager.create("alice")
+    closing = manager.begin_close(session.session_id, "alice")
+    assert closing is not None and closing.session.session_id == session.session_id
+    assert manager.get(session.session_id, "alice") is None
+    assert manager.begin_close(session.session_id, "alice") is None
+    with pytest.raises(SessionNotFound):
+        async with manager.use(session.session_id, "alice"):
+            pass
+    assert session.workdir.is_dir()
+    await closing.finish()
+    assert not session.workdir.exists()
+
+
 async def test_a_holder_cancelled_for_another_reason_stays_cancelled(tmp_path: Path) -> None:
     manager = SessionManager(tmp_path, ttl=60)
     session = await manager.create("alice")
