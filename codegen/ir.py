@@ -186,6 +186,8 @@ class _Constraints:
         addl = s.get("additionalProperties")
         if isinstance(addl, dict) and "maxLength" in addl:
             out.append(f"_v.values_max_len({addl['maxLength']})")
+        if isinstance(addl, dict) and "pattern" in addl:
+            out.append(f"_v.values_match({addl['pattern']!r})")
         return out
 
     def validators(self, prop: dict[str, Any]) -> list[str]:

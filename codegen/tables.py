@@ -33,6 +33,14 @@ def _type(s: dict[str, Any]) -> str:
 
 def _constraints(s: dict[str, Any]) -> str:
     out = [fmt.format(s[k]) for k, fmt in _CONSTRAINTS if k in s]
+    names = s.get("propertyNames")
+    if isinstance(names, dict) and "pattern" in names:
+        out.append(f"names: pattern `{names['pattern']}`")
+    values = s.get("additionalProperties")
+    if isinstance(values, dict):
+        inner = [fmt.format(values[k]) for k, fmt in _CONSTRAINTS if k in values]
+        if inner:
+            out.append("values: " + ", ".join(inner))
     return "; ".join(out).replace("|", "\\|")
 
 

@@ -200,6 +200,21 @@ def keys_match(regex: str) -> Validator:
     return check
 
 
+def values_match(regex: str) -> Validator:
+    """Every value of a mapping matches ``regex`` (the message names the key, never the
+    value: values may be secrets)."""
+    search = compile_pattern(regex)
+
+    def check(_inst: Any, attr: Any, value: Mapping[str, Any] | None) -> None:
+        if value is None:
+            return
+        for key, item in value.items():
+            if search(item) is None:
+                raise ValueError(f"{attr.name}[{key[:80]!r}]: the value does not match {regex}")
+
+    return check
+
+
 def values_max_len(n: int) -> Validator:
     def check(_inst: Any, attr: Any, value: Mapping[str, Any] | None) -> None:
         if value is None:

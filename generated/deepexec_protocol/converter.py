@@ -535,36 +535,37 @@ _C8 = _v.max_len(1048576)
 _C9 = _v.max_items(64)
 _C10 = _v.keys_match("^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _C11 = _v.values_max_len(4096)
-_C12 = _v.le(3600)
-_C13 = _v.gt(0)
-_C14 = _v.ge(16777216)
-_C15 = _v.le(17179869184)
-_C16 = _v.ge(0)
-_C17 = _v.ge(1)
-_C18 = _v.le(86400)
-_C19 = _v.max_len(4096)
-_C20 = _v.pattern("^job_[0-9a-f]{32}$")
-_C20_search, _C20_seen = _v.remembering_search("^job_[0-9a-f]{32}$")
-_C21 = _v.date_time
-_C22 = _v.le(100)
-_C23 = _v.each(_v.pattern("^[A-Za-z0-9_.:-]{1,64}$"))
-_C23_search = _v.compile_pattern("^[A-Za-z0-9_.:-]{1,64}$")
-_C24 = _v.pattern("^[A-Za-z0-9_.:-]{1,64}$")
-_C24_search, _C24_seen = _v.remembering_search("^[A-Za-z0-9_.:-]{1,64}$")
-_C25 = _v.max_len(512)
-_C26 = _v.max_len(128)
-_C27 = _v.ge(-100)
-_C28 = _v.max_items(16)
-_C29 = _v.unique_items
-_C30 = _v.max_len(200000)
-_C31 = _v.pattern("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-_C31_search, _C31_seen = _v.remembering_search("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-_C32 = _v.le(32768)
-_C33 = _v.le(2)
-_C34 = _v.le(1)
-_C35 = _v.max_len(50000)
-_C36 = _v.max_items(4)
-_C37 = _v.each(_v.min_len(1), _v.max_len(64))
+_C12 = _v.values_match("^[^\\u0000]*$")
+_C13 = _v.le(3600)
+_C14 = _v.gt(0)
+_C15 = _v.ge(16777216)
+_C16 = _v.le(17179869184)
+_C17 = _v.ge(0)
+_C18 = _v.ge(1)
+_C19 = _v.le(86400)
+_C20 = _v.max_len(4096)
+_C21 = _v.pattern("^job_[0-9a-f]{32}$")
+_C21_search, _C21_seen = _v.remembering_search("^job_[0-9a-f]{32}$")
+_C22 = _v.date_time
+_C23 = _v.le(100)
+_C24 = _v.each(_v.pattern("^[A-Za-z0-9_.:-]{1,64}$"))
+_C24_search = _v.compile_pattern("^[A-Za-z0-9_.:-]{1,64}$")
+_C25 = _v.pattern("^[A-Za-z0-9_.:-]{1,64}$")
+_C25_search, _C25_seen = _v.remembering_search("^[A-Za-z0-9_.:-]{1,64}$")
+_C26 = _v.max_len(512)
+_C27 = _v.max_len(128)
+_C28 = _v.ge(-100)
+_C29 = _v.max_items(16)
+_C30 = _v.unique_items
+_C31 = _v.max_len(200000)
+_C32 = _v.pattern("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_C32_search, _C32_seen = _v.remembering_search("^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_C33 = _v.le(32768)
+_C34 = _v.le(2)
+_C35 = _v.le(1)
+_C36 = _v.max_len(50000)
+_C37 = _v.max_items(4)
+_C38 = _v.each(_v.min_len(1), _v.max_len(64))
 
 _F_CancelJobInput = attrs.fields(m.CancelJobInput)
 _A_CancelJobInput__reason = _F_CancelJobInput.reason
@@ -1249,6 +1250,7 @@ def _s_CodeExecutionInput(d: Any, _: Any = None) -> m.CodeExecutionInput:
         for item in v.values():
             if len(item) > 4096:
                 raise _violation(_C11, o, _A_CodeExecutionInput__environment, v)
+        _C12(o, _A_CodeExecutionInput__environment, v)
     _set_CodeExecutionInput__environment(o, v)
     v = d.get("timeout")
     if v is not None:
@@ -1257,18 +1259,18 @@ def _s_CodeExecutionInput(d: Any, _: Any = None) -> m.CodeExecutionInput:
                 raise _type_error("a number", v)
             v = float(v)
         if not v <= 3600:
-            raise _violation(_C12, o, _A_CodeExecutionInput__timeout, v)
-        if not v > 0:
             raise _violation(_C13, o, _A_CodeExecutionInput__timeout, v)
+        if not v > 0:
+            raise _violation(_C14, o, _A_CodeExecutionInput__timeout, v)
     _set_CodeExecutionInput__timeout(o, v)
     v = d.get("memory_limit")
     if v is not None:
         if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
             raise _type_error("an integer", v)
         if not v >= 16777216:
-            raise _violation(_C14, o, _A_CodeExecutionInput__memory_limit, v)
-        if not v <= 17179869184:
             raise _violation(_C15, o, _A_CodeExecutionInput__memory_limit, v)
+        if not v <= 17179869184:
+            raise _violation(_C16, o, _A_CodeExecutionInput__memory_limit, v)
     _set_CodeExecutionInput__memory_limit(o, v)
     return o
 
@@ -1471,13 +1473,13 @@ def _s_CodeExecutionResult(d: Any, _: Any = None) -> m.CodeExecutionResult:
             raise _type_error("a number", v)
         v = float(v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_CodeExecutionResult__execution_time, v)
+        raise _violation(_C17, o, _A_CodeExecutionResult__execution_time, v)
     _set_CodeExecutionResult__execution_time(o, v)
     v = d["memory_usage"]
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_CodeExecutionResult__memory_usage, v)
+        raise _violation(_C17, o, _A_CodeExecutionResult__memory_usage, v)
     _set_CodeExecutionResult__memory_usage(o, v)
     v = d["language"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -1525,9 +1527,9 @@ def _s_CreateSessionInput(d: Any, _: Any = None) -> m.CreateSessionInput:
         if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
             raise _type_error("an integer", v)
         if not v >= 1:
-            raise _violation(_C17, o, _A_CreateSessionInput__ttl, v)
-        if not v <= 86400:
             raise _violation(_C18, o, _A_CreateSessionInput__ttl, v)
+        if not v <= 86400:
+            raise _violation(_C19, o, _A_CreateSessionInput__ttl, v)
     _set_CreateSessionInput__ttl(o, v)
     return o
 
@@ -1692,7 +1694,7 @@ def _s_ErrorObject(d: Any, _: Any = None) -> m.ErrorObject:
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
     if len(v) > 4096:
-        raise _violation(_C19, o, _A_ErrorObject__message, v)
+        raise _violation(_C20, o, _A_ErrorObject__message, v)
     _set_ErrorObject__message(o, v)
     v = d.get("details")
     if v is not None:
@@ -1741,7 +1743,7 @@ def _s_HealthInfo(d: Any, _: Any = None) -> m.HealthInfo:
             raise _type_error("a number", v)
         v = float(v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_HealthInfo__uptime, v)
+        raise _violation(_C17, o, _A_HealthInfo__uptime, v)
     _set_HealthInfo__uptime(o, v)
     v = d["sandbox_backend"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -1755,13 +1757,13 @@ def _s_HealthInfo(d: Any, _: Any = None) -> m.HealthInfo:
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_HealthInfo__jobs_pending, v)
+        raise _violation(_C17, o, _A_HealthInfo__jobs_pending, v)
     _set_HealthInfo__jobs_pending(o, v)
     v = d["jobs_running"]
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_HealthInfo__jobs_running, v)
+        raise _violation(_C17, o, _A_HealthInfo__jobs_running, v)
     _set_HealthInfo__jobs_running(o, v)
     return o
 
@@ -1863,8 +1865,8 @@ def _s_JobCanceled(d: Any, _: Any = None) -> m.JobCanceled:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobCanceled__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobCanceled__job_id, v)
     _set_JobCanceled__job_id(o, v)
     v = d["status"]
     try:
@@ -1875,7 +1877,7 @@ def _s_JobCanceled(d: Any, _: Any = None) -> m.JobCanceled:
     v = d["canceled_at"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobCanceled__canceled_at, v)
+    _C22(o, _A_JobCanceled__canceled_at, v)
     _set_JobCanceled__canceled_at(o, v)
     v = d.get("reason")
     if v is not None:
@@ -1937,8 +1939,8 @@ def _s_JobOutputEvent(d: Any, _: Any = None) -> m.JobOutputEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobOutputEvent__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobOutputEvent__job_id, v)
     _set_JobOutputEvent__job_id(o, v)
     v = d["stream"]
     try:
@@ -1955,7 +1957,7 @@ def _s_JobOutputEvent(d: Any, _: Any = None) -> m.JobOutputEvent:
     v = d["timestamp"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobOutputEvent__timestamp, v)
+    _C22(o, _A_JobOutputEvent__timestamp, v)
     _set_JobOutputEvent__timestamp(o, v)
     return o
 
@@ -1982,21 +1984,21 @@ def _s_JobProgressEvent(d: Any, _: Any = None) -> m.JobProgressEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobProgressEvent__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobProgressEvent__job_id, v)
     _set_JobProgressEvent__job_id(o, v)
     v = d["progress"]
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_JobProgressEvent__progress, v)
+        raise _violation(_C17, o, _A_JobProgressEvent__progress, v)
     if not v <= 100:
-        raise _violation(_C22, o, _A_JobProgressEvent__progress, v)
+        raise _violation(_C23, o, _A_JobProgressEvent__progress, v)
     _set_JobProgressEvent__progress(o, v)
     v = d["timestamp"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobProgressEvent__timestamp, v)
+    _C22(o, _A_JobProgressEvent__timestamp, v)
     _set_JobProgressEvent__timestamp(o, v)
     return o
 
@@ -2022,8 +2024,8 @@ def _s_JobResultEvent(d: Any, _: Any = None) -> m.JobResultEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobResultEvent__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobResultEvent__job_id, v)
     _set_JobResultEvent__job_id(o, v)
     v = d["job"]
     v = _s_JobStatus(v)
@@ -2031,7 +2033,7 @@ def _s_JobResultEvent(d: Any, _: Any = None) -> m.JobResultEvent:
     v = d["timestamp"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobResultEvent__timestamp, v)
+    _C22(o, _A_JobResultEvent__timestamp, v)
     _set_JobResultEvent__timestamp(o, v)
     return o
 
@@ -2053,8 +2055,8 @@ def _s_JobStatus(d: Any, _: Any = None) -> m.JobStatus:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobStatus__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobStatus__job_id, v)
     _set_JobStatus__job_id(o, v)
     v = d["name"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -2076,14 +2078,14 @@ def _s_JobStatus(d: Any, _: Any = None) -> m.JobStatus:
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_JobStatus__progress, v)
+        raise _violation(_C17, o, _A_JobStatus__progress, v)
     if not v <= 100:
-        raise _violation(_C22, o, _A_JobStatus__progress, v)
+        raise _violation(_C23, o, _A_JobStatus__progress, v)
     _set_JobStatus__progress(o, v)
     v = d["created_at"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobStatus__created_at, v)
+    _C22(o, _A_JobStatus__created_at, v)
     _set_JobStatus__created_at(o, v)
     v = d["tags"]
     if v.__class__ is not list and not isinstance(v, _ARRAY):
@@ -2093,8 +2095,8 @@ def _s_JobStatus(d: Any, _: Any = None) -> m.JobStatus:
             raise _type_error("a string", item)
     v = list(v)
     for item in v:
-        if _C23_search(item) is None:
-            raise _violation(_C23, o, _A_JobStatus__tags, v)
+        if _C24_search(item) is None:
+            raise _violation(_C24, o, _A_JobStatus__tags, v)
     _set_JobStatus__tags(o, v)
     v = d.get("result")
     if v is not None:
@@ -2108,19 +2110,19 @@ def _s_JobStatus(d: Any, _: Any = None) -> m.JobStatus:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        _C21(o, _A_JobStatus__started_at, v)
+        _C22(o, _A_JobStatus__started_at, v)
     _set_JobStatus__started_at(o, v)
     v = d.get("finished_at")
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        _C21(o, _A_JobStatus__finished_at, v)
+        _C22(o, _A_JobStatus__finished_at, v)
     _set_JobStatus__finished_at(o, v)
     v = d.get("canceled_at")
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        _C21(o, _A_JobStatus__canceled_at, v)
+        _C22(o, _A_JobStatus__canceled_at, v)
     _set_JobStatus__canceled_at(o, v)
     v = d.get("cancel_reason")
     if v is not None:
@@ -2183,8 +2185,8 @@ def _s_JobStatusEvent(d: Any, _: Any = None) -> m.JobStatusEvent:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobStatusEvent__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobStatusEvent__job_id, v)
     _set_JobStatusEvent__job_id(o, v)
     v = d["status"]
     try:
@@ -2196,14 +2198,14 @@ def _s_JobStatusEvent(d: Any, _: Any = None) -> m.JobStatusEvent:
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_JobStatusEvent__progress, v)
+        raise _violation(_C17, o, _A_JobStatusEvent__progress, v)
     if not v <= 100:
-        raise _violation(_C22, o, _A_JobStatusEvent__progress, v)
+        raise _violation(_C23, o, _A_JobStatusEvent__progress, v)
     _set_JobStatusEvent__progress(o, v)
     v = d["timestamp"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobStatusEvent__timestamp, v)
+    _C22(o, _A_JobStatusEvent__timestamp, v)
     _set_JobStatusEvent__timestamp(o, v)
     return o
 
@@ -2302,8 +2304,8 @@ def _s_JobSubmitted(d: Any, _: Any = None) -> m.JobSubmitted:
     v = d["job_id"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    if (v.__class__ is not str or v not in _C20_seen) and _C20_search(v) is None:
-        raise _violation(_C20, o, _A_JobSubmitted__job_id, v)
+    if (v.__class__ is not str or v not in _C21_seen) and _C21_search(v) is None:
+        raise _violation(_C21, o, _A_JobSubmitted__job_id, v)
     _set_JobSubmitted__job_id(o, v)
     v = d["status"]
     try:
@@ -2314,7 +2316,7 @@ def _s_JobSubmitted(d: Any, _: Any = None) -> m.JobSubmitted:
     v = d["created_at"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_JobSubmitted__created_at, v)
+    _C22(o, _A_JobSubmitted__created_at, v)
     _set_JobSubmitted__created_at(o, v)
     return o
 
@@ -2421,8 +2423,8 @@ def _s_ListJobsQuery(d: Any, _: Any = None) -> m.ListJobsQuery:
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
-        if (v.__class__ is not str or v not in _C24_seen) and _C24_search(v) is None:
-            raise _violation(_C24, o, _A_ListJobsQuery__tag, v)
+        if (v.__class__ is not str or v not in _C25_seen) and _C25_search(v) is None:
+            raise _violation(_C25, o, _A_ListJobsQuery__tag, v)
     _set_ListJobsQuery__tag(o, v)
     if "limit" in d:
         v = d["limit"]
@@ -2431,16 +2433,16 @@ def _s_ListJobsQuery(d: Any, _: Any = None) -> m.ListJobsQuery:
     else:
         v = 20
     if not v >= 1:
-        raise _violation(_C17, o, _A_ListJobsQuery__limit, v)
+        raise _violation(_C18, o, _A_ListJobsQuery__limit, v)
     if not v <= 100:
-        raise _violation(_C22, o, _A_ListJobsQuery__limit, v)
+        raise _violation(_C23, o, _A_ListJobsQuery__limit, v)
     _set_ListJobsQuery__limit(o, v)
     v = d.get("cursor")
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
         if len(v) > 512:
-            raise _violation(_C25, o, _A_ListJobsQuery__cursor, v)
+            raise _violation(_C26, o, _A_ListJobsQuery__cursor, v)
     _set_ListJobsQuery__cursor(o, v)
     return o
 
@@ -2626,7 +2628,7 @@ def _s_SessionClosed(d: Any, _: Any = None) -> m.SessionClosed:
     v = d["closed_at"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_SessionClosed__closed_at, v)
+    _C22(o, _A_SessionClosed__closed_at, v)
     _set_SessionClosed__closed_at(o, v)
     return o
 
@@ -2652,12 +2654,12 @@ def _s_SessionInfo(d: Any, _: Any = None) -> m.SessionInfo:
     v = d["created_at"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_SessionInfo__created_at, v)
+    _C22(o, _A_SessionInfo__created_at, v)
     _set_SessionInfo__created_at(o, v)
     v = d["expires_at"]
     if v.__class__ is not str and not isinstance(v, str):
         raise _type_error("a string", v)
-    _C21(o, _A_SessionInfo__expires_at, v)
+    _C22(o, _A_SessionInfo__expires_at, v)
     _set_SessionInfo__expires_at(o, v)
     return o
 
@@ -2705,7 +2707,7 @@ def _s_SubmitJobInput(d: Any, _: Any = None) -> m.SubmitJobInput:
     if len(v) < 1:
         raise _violation(_C5, o, _A_SubmitJobInput__name, v)
     if len(v) > 128:
-        raise _violation(_C26, o, _A_SubmitJobInput__name, v)
+        raise _violation(_C27, o, _A_SubmitJobInput__name, v)
     _set_SubmitJobInput__name(o, v)
     v = d["job_type"]
     try:
@@ -2723,9 +2725,9 @@ def _s_SubmitJobInput(d: Any, _: Any = None) -> m.SubmitJobInput:
                 raise _type_error("a number", v)
             v = float(v)
         if not v <= 3600:
-            raise _violation(_C12, o, _A_SubmitJobInput__timeout, v)
-        if not v > 0:
             raise _violation(_C13, o, _A_SubmitJobInput__timeout, v)
+        if not v > 0:
+            raise _violation(_C14, o, _A_SubmitJobInput__timeout, v)
     _set_SubmitJobInput__timeout(o, v)
     if "priority" in d:
         v = d["priority"]
@@ -2734,9 +2736,9 @@ def _s_SubmitJobInput(d: Any, _: Any = None) -> m.SubmitJobInput:
     else:
         v = 0
     if not v >= -100:
-        raise _violation(_C27, o, _A_SubmitJobInput__priority, v)
+        raise _violation(_C28, o, _A_SubmitJobInput__priority, v)
     if not v <= 100:
-        raise _violation(_C22, o, _A_SubmitJobInput__priority, v)
+        raise _violation(_C23, o, _A_SubmitJobInput__priority, v)
     _set_SubmitJobInput__priority(o, v)
     if "tags" in d:
         v = d["tags"]
@@ -2749,11 +2751,11 @@ def _s_SubmitJobInput(d: Any, _: Any = None) -> m.SubmitJobInput:
     else:
         v = list()
     if len(v) > 16:
-        raise _violation(_C28, o, _A_SubmitJobInput__tags, v)
-    _C29(o, _A_SubmitJobInput__tags, v)
+        raise _violation(_C29, o, _A_SubmitJobInput__tags, v)
+    _C30(o, _A_SubmitJobInput__tags, v)
     for item in v:
-        if _C23_search(item) is None:
-            raise _violation(_C23, o, _A_SubmitJobInput__tags, v)
+        if _C24_search(item) is None:
+            raise _violation(_C24, o, _A_SubmitJobInput__tags, v)
     _set_SubmitJobInput__tags(o, v)
     return o
 
@@ -2920,7 +2922,7 @@ def _s_TextGenerationChunk(d: Any, _: Any = None) -> m.TextGenerationChunk:
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_TextGenerationChunk__index, v)
+        raise _violation(_C17, o, _A_TextGenerationChunk__index, v)
     _set_TextGenerationChunk__index(o, v)
     v = d["delta"]
     if v.__class__ is not str and not isinstance(v, str):
@@ -2972,7 +2974,7 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
     if len(v) < 1:
         raise _violation(_C5, o, _A_TextGenerationInput__prompt, v)
     if len(v) > 200000:
-        raise _violation(_C30, o, _A_TextGenerationInput__prompt, v)
+        raise _violation(_C31, o, _A_TextGenerationInput__prompt, v)
     _set_TextGenerationInput__prompt(o, v)
     if "model" in d:
         v = d["model"]
@@ -2980,8 +2982,8 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
             raise _type_error("a string", v)
     else:
         v = "deepseek-v3"
-    if (v.__class__ is not str or v not in _C31_seen) and _C31_search(v) is None:
-        raise _violation(_C31, o, _A_TextGenerationInput__model, v)
+    if (v.__class__ is not str or v not in _C32_seen) and _C32_search(v) is None:
+        raise _violation(_C32, o, _A_TextGenerationInput__model, v)
     _set_TextGenerationInput__model(o, v)
     if "max_tokens" in d:
         v = d["max_tokens"]
@@ -2990,9 +2992,9 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
     else:
         v = 1024
     if not v >= 1:
-        raise _violation(_C17, o, _A_TextGenerationInput__max_tokens, v)
+        raise _violation(_C18, o, _A_TextGenerationInput__max_tokens, v)
     if not v <= 32768:
-        raise _violation(_C32, o, _A_TextGenerationInput__max_tokens, v)
+        raise _violation(_C33, o, _A_TextGenerationInput__max_tokens, v)
     _set_TextGenerationInput__max_tokens(o, v)
     if "temperature" in d:
         v = d["temperature"]
@@ -3003,9 +3005,9 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
     else:
         v = 1.0
     if not v >= 0:
-        raise _violation(_C16, o, _A_TextGenerationInput__temperature, v)
+        raise _violation(_C17, o, _A_TextGenerationInput__temperature, v)
     if not v <= 2:
-        raise _violation(_C33, o, _A_TextGenerationInput__temperature, v)
+        raise _violation(_C34, o, _A_TextGenerationInput__temperature, v)
     _set_TextGenerationInput__temperature(o, v)
     v = d.get("top_p")
     if v is not None:
@@ -3014,16 +3016,16 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
                 raise _type_error("a number", v)
             v = float(v)
         if not v <= 1:
-            raise _violation(_C34, o, _A_TextGenerationInput__top_p, v)
+            raise _violation(_C35, o, _A_TextGenerationInput__top_p, v)
         if not v > 0:
-            raise _violation(_C13, o, _A_TextGenerationInput__top_p, v)
+            raise _violation(_C14, o, _A_TextGenerationInput__top_p, v)
     _set_TextGenerationInput__top_p(o, v)
     v = d.get("system_prompt")
     if v is not None:
         if v.__class__ is not str and not isinstance(v, str):
             raise _type_error("a string", v)
         if len(v) > 50000:
-            raise _violation(_C35, o, _A_TextGenerationInput__system_prompt, v)
+            raise _violation(_C36, o, _A_TextGenerationInput__system_prompt, v)
     _set_TextGenerationInput__system_prompt(o, v)
     v = d.get("stop")
     if v is not None:
@@ -3034,8 +3036,8 @@ def _s_TextGenerationInput(d: Any, _: Any = None) -> m.TextGenerationInput:
                 raise _type_error("a string", item)
         v = list(v)
         if len(v) > 4:
-            raise _violation(_C36, o, _A_TextGenerationInput__stop, v)
-        _C37(o, _A_TextGenerationInput__stop, v)
+            raise _violation(_C37, o, _A_TextGenerationInput__stop, v)
+        _C38(o, _A_TextGenerationInput__stop, v)
     _set_TextGenerationInput__stop(o, v)
     return o
 
@@ -3217,7 +3219,7 @@ def _s_TextGenerationResult(d: Any, _: Any = None) -> m.TextGenerationResult:
             raise _type_error("a number", v)
         v = float(v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_TextGenerationResult__generation_time, v)
+        raise _violation(_C17, o, _A_TextGenerationResult__generation_time, v)
     _set_TextGenerationResult__generation_time(o, v)
     v = d["usage"]
     v = _s_Usage(v)
@@ -3253,19 +3255,19 @@ def _s_Usage(d: Any, _: Any = None) -> m.Usage:
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_Usage__prompt_tokens, v)
+        raise _violation(_C17, o, _A_Usage__prompt_tokens, v)
     _set_Usage__prompt_tokens(o, v)
     v = d["completion_tokens"]
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_Usage__completion_tokens, v)
+        raise _violation(_C17, o, _A_Usage__completion_tokens, v)
     _set_Usage__completion_tokens(o, v)
     v = d["total_tokens"]
     if v.__class__ is not int and (isinstance(v, bool) or not isinstance(v, int)):
         raise _type_error("an integer", v)
     if not v >= 0:
-        raise _violation(_C16, o, _A_Usage__total_tokens, v)
+        raise _violation(_C17, o, _A_Usage__total_tokens, v)
     _set_Usage__total_tokens(o, v)
     return o
 

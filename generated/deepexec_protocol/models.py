@@ -336,6 +336,7 @@ class CodeExecutionInput:
             _v.max_items(64),
             _v.keys_match("^[A-Za-z_][A-Za-z0-9_]{0,127}$"),
             _v.values_max_len(4096),
+            _v.values_match("^[^\\u0000]*$"),
         ],
     )
     timeout: float | None = attrs.field(default=None, validator=[_v.le(3600), _v.gt(0)])

@@ -357,7 +357,7 @@ CASES: list[tuple[str, str, str, Any, str | None, int, str, str | None, str | No
         422,
         "validation_error",
         "BAD",
-        "input.environment",
+        "input.environment['BAD']",
     ),
     (
         "job-env-value-with-nul",
@@ -375,7 +375,7 @@ CASES: list[tuple[str, str, str, Any, str | None, int, str, str | None, str | No
         422,
         "validation_error",
         "BAD",
-        "input.data.environment",
+        "input.data.environment['BAD']",
     ),
     (
         "job-data-mismatch",

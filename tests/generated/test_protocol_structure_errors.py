@@ -246,6 +246,20 @@ CASES = [
         "does not match",
     ),
     (
+        "environment value with a NUL",
+        models.CodeExecutionRequest,
+        changed(CODE, "input.environment", {"TOKEN": "s3cr3t\x00tail"}),
+        "input.environment['TOKEN']",
+        "the value does not match",
+    ),
+    (
+        "environment value with a NUL, in job data",
+        models.SubmitJobRequest,
+        changed(SUBMIT, "input.data.environment", {"TOKEN": "s3cr3t\x00tail"}),
+        "input.data.environment['TOKEN']",
+        "the value does not match",
+    ),
+    (
         "environment as a list",
         models.CodeExecutionRequest,
         changed(CODE, "input.environment", [["A", "b"]]),
@@ -411,3 +425,16 @@ def test_schema_patterns_keep_their_json_schema_meaning(
     from deepexec_protocol import _validators
 
     assert (_validators.compile_pattern(pattern)(text) is not None) is matches
+
+
+def test_an_environment_value_is_never_quoted_in_the_error() -> None:
+    """Environment values may be secrets: the error names the key, not the value."""
+    with pytest.raises(StructureError) as info:
+        structure(
+            changed(CODE, "input.environment", {"TOKEN": "s3cr3t\x00tail"}),
+            models.CodeExecutionRequest,
+        )
+    assert "s3cr3t" not in str(info.value) and "tail" not in str(info.value)
+    # any other character is fine, the longest allowed value too
+    ok = changed(CODE, "input.environment", {"A": "\t\n\x01é" + "x" * 4092})
+    assert structure(ok, models.CodeExecutionRequest).input.environment is not None
