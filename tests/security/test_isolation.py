@@ -263,6 +263,40 @@ async def test_nothing_outside_the_work_dir_is_writable(
     await still_works(executor, limits)
 
 
+# ------------------------------------------------------------------------- host code
+
+
+async def test_the_hosts_site_customisation_does_not_run_in_the_sandbox(
+    executor: LocalExecutor, limits: Limits
+) -> None:
+    """The import line of a .pth file in the system's site-packages is host code: a bare
+    interpreter runs it at start-up; the sandbox's python sees the file and its directory
+    on the search path, but does not run it (cold and from the warm pool)."""
+    site_dir = Path("/usr/lib/python3/dist-packages")
+    pth = site_dir / f"zz_deepexec_probe_{os.getpid()}_{os.urandom(4).hex()}.pth"
+    # harmless should it ever be left behind: it only sets an attribute of builtins
+    pth.write_text("import builtins; builtins.DEEPEXEC_PTH_PROBE = 1\n")
+    try:
+        probe = (
+            "import builtins, os, sys\n"
+            f"print(os.path.exists({str(pth)!r}), {str(site_dir)!r} in sys.path,"
+            " getattr(builtins, 'DEEPEXEC_PTH_PROBE', 0))\n"
+        )
+        bare = await asyncio.create_subprocess_exec(
+            "/usr/bin/python3", "-c", probe, stdout=asyncio.subprocess.PIPE, env={}
+        )
+        stdout, _ = await bare.communicate()
+        assert stdout == b"True True 1\n"  # the file works on the host
+        # warm interpreters started before the file and after it, and a cold one
+        for wait in (True, True, False):
+            if wait:
+                await executor.wait_warm()
+            out = await run(executor, probe, limits)
+            assert (out.stdout, out.exit_code) == ("True True 0\n", 0), out
+    finally:
+        pth.unlink()
+
+
 # ------------------------------------------------------------------------- secrets
 
 
