@@ -31,14 +31,18 @@ def _type(s: dict[str, Any]) -> str:
     return str(t)
 
 
+def _listed(s: dict[str, Any]) -> list[str]:
+    return [fmt.format(s[k]) for k, fmt in _CONSTRAINTS if k in s]
+
+
 def _constraints(s: dict[str, Any]) -> str:
-    out = [fmt.format(s[k]) for k, fmt in _CONSTRAINTS if k in s]
+    out = _listed(s)
     names = s.get("propertyNames")
     if isinstance(names, dict) and "pattern" in names:
         out.append(f"names: pattern `{names['pattern']}`")
     values = s.get("additionalProperties")
     if isinstance(values, dict):
-        inner = [fmt.format(values[k]) for k, fmt in _CONSTRAINTS if k in values]
+        inner = _listed(values)
         if inner:
             out.append("values: " + ", ".join(inner))
     return "; ".join(out).replace("|", "\\|")

@@ -331,8 +331,7 @@ class SessionManager:
         entry = self._lookup(session_id, owner)
         if entry is None:
             return None
-        entry.closed = True
-        self._entries.pop(session_id, None)
+        self._detach(entry)
         return ClosingSession(self, entry)
 
     async def expire_idle(self) -> list[str]:
@@ -363,11 +362,15 @@ class SessionManager:
         now = self._clock()
         entry.session = evolve(entry.session, last_used_at=now, expires_at=now + entry.ttl)
 
+    def _detach(self, entry: _Entry) -> None:
+        """Mark the session closed and forget it: no lookup or new use finds it."""
+        entry.closed = True
+        self._entries.pop(entry.session.session_id, None)
+
     async def _close_entry(self, entry: _Entry) -> None:
         if entry.closed:
             return
-        entry.closed = True
-        self._entries.pop(entry.session.session_id, None)
+        self._detach(entry)
         if entry.leases == 0:
             await self._remove_entry_files(entry)
 
