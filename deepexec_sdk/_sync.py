@@ -1,9 +1,20 @@
-"""Run the async client from synchronous code: a private event loop on a daemon thread.
+"""Run the async client from synchronous code: a private event loop, run by the caller.
 
 The sync client owns one :class:`LoopThread` and turns every call into
-``loop_thread.run(async_client.method(...))``. Because the coroutine runs on the
-private loop, this works from any thread, including one whose own event loop is
-running (a Jupyter cell): the caller simply blocks until the result is ready.
+``loop_thread.run(async_client.method(...))``. Every coroutine runs on one private event
+loop, where the client's HTTP session and its connections live; which thread runs that
+loop changes from call to call:
+
+* A caller whose thread runs no event loop (a script, a worker thread) runs the private
+  loop itself for the time of its call. No thread hand-off: a blocking call costs what
+  its coroutine costs, and callbacks (``on_stdout``...) run in the caller's thread.
+* A caller that can not (its thread runs an event loop, as a Jupyter cell's does; or
+  another thread runs the private loop at that moment) hands its coroutine to whoever
+  runs the loop, and blocks until the result is ready.
+* A helper daemon thread, started the first time it is needed, runs the loop while work
+  is left on it and no caller runs it: a call handed over as above, or tasks a call left
+  behind (a stream being closed, a job being cancelled). It parks again once the loop is
+  idle.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import selectors
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sized
 from typing import Any, Final, TypeVar
 
 __all__ = ["LoopThread"]
@@ -66,10 +77,15 @@ class _Hub:
     """What the calls of one loop share; touched on the loop thread only, except
     ``stopping``."""
 
-    __slots__ = ("inflight", "release", "selector", "stopping")
+    __slots__ = ("changed", "inflight", "on_settle", "release", "selector", "stopping")
 
     def __init__(self, stopping: threading.Event, selector: _WakingSelector | None) -> None:
         self.stopping = stopping
+        #: called on the loop with each call that settles (the LoopThread counts the calls
+        #: handed to the loop's runner)
+        self.on_settle: Callable[[_Call], None] | None = None
+        #: set when a call settles: the helper thread's cue to see whether the loop is idle
+        self.changed = asyncio.Event()
         self.selector = selector
         #: how a settled call wakes its caller: at the loop's next select, or at once
         self.release: Callable[[threading.Lock], None] = (
@@ -112,12 +128,16 @@ class _Call:
         "cancel_requested",
         "cancelled",
         "coro",
+        "driven",
         "error",
         "finished",
+        "grace",
+        "handed",
         "hub",
         "settled",
         "started",
         "task",
+        "timed_out",
         "value",
     )
 
@@ -133,6 +153,10 @@ class _Call:
         self.value: Any = None
         self.error: BaseException | None = None
         self.cancelled = False
+        self.handed = False  # given to the loop's runner (not run by its caller)
+        self.driven = False  # its caller runs the loop for it: its end stops the loop
+        self.grace: asyncio.TimerHandle | None = None  # the end of a timed-out call's grace
+        self.timed_out = False
 
     def start(self) -> None:
         if self.cancel_requested or self.hub.stopping.is_set():
@@ -160,6 +184,31 @@ class _Call:
         finally:
             self._settle()
 
+    async def run_driven(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The call of a caller that runs the loop itself: stores the outcome, then stops
+        the loop, so that the caller's ``run_forever`` returns."""
+        self.started = True
+        try:
+            try:
+                # One loop iteration first: the I/O that came while the loop was parked
+                # (a server that closed an idle keep-alive connection) is handled before
+                # the coroutine picks a pooled connection.
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self.coro.close()  # never started: no "never awaited" warning
+                self.cancelled = True
+                return
+            try:
+                self.value = await self.coro
+            except asyncio.CancelledError:
+                self.cancelled = True
+            except BaseException as exc:  # KeyboardInterrupt too: raised in the caller
+                self.error = exc
+        finally:
+            self.settled = True
+            if self.driven:  # else its caller left already: another thread runs the loop
+                loop.stop()
+
     def abandon(self) -> None:
         """Settle as cancelled a call whose coroutine never started (or, at the loop's
         shutdown, never got to run _run)."""
@@ -171,8 +220,11 @@ class _Call:
 
     def _settle(self) -> None:
         self.settled = True
-        self.hub.inflight.discard(self)
-        self.hub.release(self.finished)
+        hub = self.hub
+        hub.inflight.discard(self)
+        hub.release(self.finished)
+        if hub.on_settle is not None:
+            hub.on_settle(self)
 
     def cancel(self) -> None:
         if self.task is None or not self.started:
@@ -225,43 +277,329 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
             )
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop, started: threading.Event, hub: _Hub) -> None:
-    asyncio.set_event_loop(loop)
-    loop.call_soon(started.set)
-    try:
-        loop.run_forever()
-    finally:
-        hub.stopping.set()
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every task of ``loop`` (on the loop; close() asks this of a caller's run)."""
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+#: the helper thread runs the loop (otherwise ``_Engine.driver`` is a caller's thread id,
+#: or None: nobody runs it)
+_HELPER: Final = "helper"
+
+#: how often, in seconds, the helper thread looks whether tasks a call left behind ended
+_IDLE_POLL: Final = 0.05
+
+
+#: loop iterations a caller runs after its call to run the callbacks its call made ready;
+#: callbacks still ready after that are the helper thread's
+_FLUSH_ITERATIONS: Final = 3
+
+
+def _ready(loop: asyncio.AbstractEventLoop) -> Sized:
+    """The callbacks ready to run on ``loop`` (asyncio's own loops keep them in ``_ready``;
+    another loop is taken as always having some, which hands it to the helper thread)."""
+    ready: Sized = getattr(loop, "_ready", _ALWAYS)
+    return ready
+
+
+_ALWAYS: Final = (None,)
+
+
+class _Engine:
+    """What a LoopThread's callers, its helper thread and its finalizer share. Nothing here
+    refers to the LoopThread, so an unreferenced LoopThread is collected (and its loop
+    closed) like any other object.
+
+    ``driver`` says who runs the loop: None (parked: the next caller that can runs it),
+    a caller's thread id, or _HELPER. It changes under ``lock`` only, and only the
+    current driver gives the role up, once its ``run_forever`` has returned: the loop never
+    runs in two threads.
+    """
+
+    def __init__(self, name: str, cancel_grace: float) -> None:
+        self.name = name
+        self.cancel_grace = cancel_grace
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)  # the helper thread waits on it
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hub: _Hub | None = None
+        self.driver: int | str | None = None
+        self.handed = 0  # calls handed to the loop's runner and not settled yet
+        self.closed = False
+        self.shut = threading.Event()  # set once the loop is closed (or was never made)
+        self.stopping = threading.Event()
+        self.helper: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ roles
+
+    def inside(self) -> bool:
+        """True when called from a coroutine or callback running on the private loop."""
+        loop = self.loop
+        return loop is not None and asyncio._get_running_loop() is loop
+
+    def ensure_loop_locked(self) -> tuple[asyncio.AbstractEventLoop, _Hub]:
+        if self.loop is None or self.hub is None:
+            self.loop, self.hub = _new_loop(self.stopping)
+            self.hub.on_settle = self._settled
+        return self.loop, self.hub
+
+    def _settled(self, call: _Call) -> None:
+        """On the loop: a call settled."""
+        if call.handed:
+            call.handed = False
+            with self.lock:
+                self.handed -= 1
+        hub = self.hub
+        if hub is not None:
+            hub.changed.set()
+
+    def wake_helper_locked(self) -> None:
+        """Make the helper thread the loop's runner (starting it the first time)."""
+        self.driver = _HELPER
+        if self.helper is None:
+            self.helper = threading.Thread(
+                target=_helper_main, args=(self,), name=self.name, daemon=True
+            )
+            self.helper.start()
+        self.wake.notify_all()
+
+    def busy(self) -> bool:
+        """Work left on the (not running) loop: handed calls, callbacks ready to run or
+        unfinished tasks."""
+        loop = self.loop
+        if self.handed:
+            return True
+        return loop is not None and (bool(_ready(loop)) or bool(asyncio.all_tasks(loop)))
+
+    def give_up_role(self) -> None:
+        """The caller that ran the loop is done with it: park the loop, pass it to the
+        helper thread while work is left on it, or close it when close() came meanwhile."""
+        hub = self.hub
+        if hub is not None and hub.selector is not None:
+            hub.selector.flush()  # wake the handed callers settled in the last iteration
+        with self.lock:
+            closing = self.closed
+            if not closing:
+                if self.busy():
+                    self.wake_helper_locked()
+                else:
+                    self.driver = None
+        if closing:
+            self.shutdown()
+
+    # ------------------------------------------------------------------ running
+
+    def drive(self, call: _Call, timeout: float | None) -> Any:
+        """Run the loop in this thread until ``call`` settles; its outcome."""
+        loop = self.loop
+        assert loop is not None
         try:
-            _cancel_all_tasks(loop)
-            # a task cancelled before its first step never ran _run: wake its caller here
-            hub.abandon_all()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
+            call.driven = True
+            task = loop.create_task(call.run_driven(loop))
+            call.task = task
+            timer = None if timeout is None else loop.call_later(timeout, self._expire, call)
+            try:
+                while not task.done():
+                    loop.run_forever()  # call.run_driven stops it
+                    if call.timed_out and not task.done():
+                        break  # its cleanup outlasted cancel_grace: the helper goes on
+                # What the call's end made ready (a transport's close, a future's callbacks)
+                # runs now, not whenever the loop runs next.
+                for _ in range(_FLUSH_ITERATIONS):
+                    if not _ready(loop):
+                        break
+                    loop.call_soon(loop.stop)
+                    loop.run_forever()
+            except BaseException:  # KeyboardInterrupt, raised in the loop: cancel the call
+                if not task.done():
+                    task.cancel()
+                    self._run_for(task, self.cancel_grace)
+                raise
+            finally:
+                call.driven = False
+                if timer is not None:
+                    timer.cancel()
+                if call.grace is not None:
+                    call.grace.cancel()
         finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-            hub.abandon_all()
+            self.give_up_role()
+        if call.timed_out:
+            raise TimeoutError()
+        return call.outcome()
+
+    def _expire(self, call: _Call) -> None:
+        """On the loop: ``call``'s timeout passed. Cancel it; give up on it after
+        cancel_grace seconds of cleanup."""
+        if call.settled or call.task is None:
+            return
+        call.timed_out = True
+        call.task.cancel()
+        assert self.loop is not None
+        call.grace = self.loop.call_later(self.cancel_grace, self.loop.stop)
+
+    def _run_for(self, task: asyncio.Task[Any], seconds: float) -> None:
+        """Run the loop until ``task`` (a run_driven, which stops the loop as it ends) is
+        done, ``seconds`` at most."""
+        loop = self.loop
+        assert loop is not None
+        deadline = loop.time() + seconds
+        timer = loop.call_at(deadline, loop.stop)
+        try:
+            while not task.done() and loop.time() < deadline:
+                loop.run_forever()
+        finally:
+            timer.cancel()
+
+    def wait_handed(self, call: _Call, timeout: float | None) -> Any:
+        """Block until the loop's runner has run ``call``; its outcome."""
+        loop = self.loop
+        assert loop is not None
+        finished = False
+        try:
+            finished = call.wait(timeout)
+            if not finished:
+                raise TimeoutError()
+        except BaseException:
+            if not finished:
+                try:
+                    loop.call_soon_threadsafe(call.cancel)
+                except RuntimeError:  # the loop closed meanwhile, cancelling everything
+                    pass
+                call.wait(self.cancel_grace)
+            raise
+        return call.outcome()
+
+    async def until_idle(self) -> None:
+        """The helper's run: until no handed call and no other task is left, or close();
+        then it stops the loop."""
+        hub = self.hub
+        assert hub is not None
+        me = asyncio.current_task()
+        try:
+            while not self.closed:
+                with self.lock:
+                    handed = self.handed
+                if not handed and all(task is me for task in asyncio.all_tasks()):
+                    return
+                hub.changed.clear()
+                try:
+                    async with asyncio.timeout(_IDLE_POLL):
+                        await hub.changed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            asyncio.get_running_loop().stop()
+
+    def serve(self) -> bool:
+        """The helper thread's turn: run the loop until it is idle (then park it: True) or
+        the LoopThread is closed (False: the loop is shut down)."""
+        loop = self.loop
+        assert loop is not None
+        while True:
+            task = loop.create_task(self.until_idle())
+            while not task.done():  # a stray loop.stop() only ends one run_forever
+                loop.run_forever()
+            with self.lock:
+                if self.closed:
+                    break
+                if not self.busy():
+                    self.driver = None
+                    return True
+        self.shutdown()
+        return False
+
+    # ------------------------------------------------------------------ closing
+
+    def shutdown(self) -> None:
+        """Cancel what is left, finalize async generators, close the loop. Runs in the
+        thread that holds the loop's role, with no loop running."""
+        loop, hub = self.loop, self.hub
+        self.stopping.set()
+        try:
+            if loop is not None and hub is not None and not loop.is_closed():
+                try:
+                    _cancel_all_tasks(loop)
+                    # a task cancelled before its first step never ran _run: wake its caller
+                    hub.abandon_all()
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.run_until_complete(loop.shutdown_default_executor())
+                finally:
+                    loop.close()
+                    hub.abandon_all()
+        finally:
+            with self.lock:
+                self.driver = None
+                self.wake.notify_all()
+            self.shut.set()
+
+    def close(self, timeout: float | None, *, wait: bool = True) -> None:
+        """Close: cancel what runs, close the loop, stop the helper thread. ``wait``: block
+        until done (``timeout`` bounds each wait)."""
+        inline = False
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            loop, hub = self.loop, self.hub
+            if loop is None or hub is None:
+                self.shut.set()
+            elif self.driver is None:
+                if asyncio._get_running_loop() is None:
+                    self.driver = threading.get_ident()  # close it here
+                    inline = True
+                else:
+                    self.wake_helper_locked()  # no loop can run in this thread
+            elif self.driver == _HELPER:
+                loop.call_soon_threadsafe(hub.changed.set)  # until_idle sees `closed`
+            else:  # a caller's run: end it; that caller then closes the loop
+                loop.call_soon_threadsafe(_cancel_tasks, loop)
+            self.wake.notify_all()
+            helper = self.helper
+        if inline:
+            self.shutdown()
+        if not wait:
+            return
+        self.shut.wait(timeout)
+        if helper is not None and helper is not threading.current_thread():
+            helper.join(timeout)
 
 
-def _stop_loop(
-    loop: asyncio.AbstractEventLoop, thread: threading.Thread, timeout: float | None = None
-) -> None:
+def _helper_main(engine: _Engine) -> None:
+    """The helper thread: run the loop whenever it is given the role, until closed."""
+    loop = engine.loop
+    assert loop is not None
+    asyncio.set_event_loop(loop)
     try:
-        loop.call_soon_threadsafe(loop.stop)
-    except RuntimeError:  # already closed
-        pass
-    if threading.current_thread() is not thread:
-        thread.join(timeout)
+        while True:
+            with engine.lock:
+                while engine.driver != _HELPER:
+                    if engine.closed:
+                        return  # another thread closes the loop (or did)
+                    engine.wake.wait()
+                closing = engine.closed
+            if closing:
+                engine.shutdown()
+                return
+            if not engine.serve():
+                return
+    finally:
+        asyncio.set_event_loop(None)
+
+
+def _finalize(engine: _Engine) -> None:
+    """An unreferenced LoopThread: close its loop (without waiting inside its own loop)."""
+    engine.close(None, wait=not engine.inside())
 
 
 class LoopThread:
-    """A private asyncio event loop running on a daemon thread, started lazily.
+    """A private asyncio event loop for synchronous callers, run by the calling thread when
+    it can, else by a helper daemon thread (started lazily: see the module's docstring).
 
     * :meth:`run` executes a coroutine on the loop and blocks until it finishes.
     * :meth:`iterate` turns an async iterator into a blocking iterator.
     * :meth:`close` (or leaving a ``with`` block) cancels whatever is still running,
-      finalizes async generators, closes the loop and joins the thread. It is
+      finalizes async generators, closes the loop and joins the helper thread. It is
       idempotent; a forgotten LoopThread is closed when garbage-collected or at exit.
 
     All methods may be called from several threads at once. Do not call :meth:`run`
@@ -270,67 +608,32 @@ class LoopThread:
     """
 
     def __init__(self, *, name: str = _DEFAULT_NAME, cancel_grace: float = 5.0) -> None:
-        """``name`` names the thread; ``cancel_grace`` bounds, in seconds, how long an
-        interrupted :meth:`run` waits for its cancelled coroutine to clean up."""
-        self._name = name
-        self._cancel_grace = cancel_grace
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._hub: _Hub | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._closed = False
+        """``name`` names the helper thread; ``cancel_grace`` bounds, in seconds, how long
+        an interrupted :meth:`run` waits for its cancelled coroutine to clean up."""
+        self._engine = _Engine(name, cancel_grace)
+        self._finalizer = weakref.finalize(self, _finalize, self._engine)
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
-        return self._closed
+        return self._engine.closed
 
     @property
     def thread(self) -> threading.Thread | None:
-        """The loop's thread, or ``None`` before the first call."""
-        return self._thread
+        """The helper thread, or ``None`` while no call has needed it."""
+        return self._engine.helper
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The private loop, or ``None`` before the first call."""
+        return self._engine.loop
 
     def __enter__(self) -> LoopThread:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _start_locked(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            loop, hub = _new_loop(self._stopping)
-            started = threading.Event()
-            thread = threading.Thread(
-                target=_run_loop, args=(loop, started, hub), name=self._name, daemon=True
-            )
-            thread.start()
-            started.wait()
-            self._loop, self._thread, self._hub = loop, thread, hub
-            # Neither the thread nor the finalizer refers to self, so an unreferenced
-            # LoopThread is collected, and its loop stopped, like any other object.
-            self._finalizer = weakref.finalize(self, _stop_loop, loop, thread)
-        return self._loop
-
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> tuple[asyncio.AbstractEventLoop, _Call]:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError(
-                "LoopThread.run() called from its own event loop; await the coroutine instead"
-            )
-        with self._lock:
-            if self._closed:
-                coro.close()
-                raise RuntimeError("LoopThread is closed")
-            loop = self._start_locked()
-            assert self._hub is not None
-            call = _Call(coro, self._hub)
-            # Submitted under the lock: close() cannot slip in between, so this start()
-            # is queued before the loop's stop and always runs.
-            loop.call_soon_threadsafe(call.start)
-        return loop, call
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the private loop and return its result (or raise its error).
@@ -343,21 +646,36 @@ class LoopThread:
         the coroutine runs, it is cancelled and :class:`concurrent.futures.CancelledError`
         is raised.
         """
-        loop, call = self._submit(coro)
-        finished = False
-        try:
-            finished = call.wait(timeout)
-            if not finished:
-                raise TimeoutError()
-        except BaseException:
-            if not finished:
-                try:
-                    loop.call_soon_threadsafe(call.cancel)
-                except RuntimeError:  # the loop closed meanwhile, cancelling everything
-                    pass
-                call.wait(self._cancel_grace)
-            raise
-        result: T = call.outcome()
+        engine = self._engine
+        if engine.inside():
+            coro.close()
+            raise RuntimeError(
+                "LoopThread.run() called from its own event loop; await the coroutine instead"
+            )
+        me = threading.get_ident()
+        free_thread = asyncio._get_running_loop() is None
+        with engine.lock:
+            if engine.closed:
+                coro.close()
+                raise RuntimeError("LoopThread is closed")
+            loop, hub = engine.ensure_loop_locked()
+            call = _Call(coro, hub)
+            # the role left behind by an interrupted run of this very thread is free too
+            drive = free_thread and engine.driver in (None, me)
+            if drive:
+                engine.driver = me
+            else:
+                call.handed = True
+                engine.handed += 1
+                # Submitted under the lock: close() cannot slip in between, so this start()
+                # runs (or the shutdown abandons the call and wakes this caller).
+                loop.call_soon_threadsafe(call.start)
+                if engine.driver is None:
+                    engine.wake_helper_locked()
+        if drive:
+            result: T = engine.drive(call, timeout)
+        else:
+            result = engine.wait_handed(call, timeout)
         return result
 
     def iterate(self, factory: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
@@ -396,10 +714,11 @@ class LoopThread:
         aclose: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(iterator, "aclose", None)
         if aclose is None:
             return
-        if threading.current_thread() is self._thread:
-            # Garbage-collected on the loop thread itself: schedule instead of waiting.
-            assert self._loop is not None
-            task = self._loop.create_task(aclose())
+        engine = self._engine
+        if engine.inside():
+            # Garbage-collected on the loop itself: schedule instead of waiting.
+            assert engine.loop is not None
+            task = engine.loop.create_task(aclose())
             self._background.add(task)  # keep a reference until it is done
             task.add_done_callback(self._background.discard)
             return
@@ -409,19 +728,15 @@ class LoopThread:
             pass  # LoopThread closed: the loop's shutdown already finalized async generators
 
     def close(self, timeout: float | None = None) -> None:
-        """Cancel remaining work, close the loop and join its thread. Idempotent.
+        """Cancel remaining work, close the loop and join the helper thread. Idempotent.
 
-        ``timeout`` bounds the join (``None``: wait). Must not be called from the
-        loop's own thread.
+        ``timeout`` bounds each wait (``None``: wait). Must not be called from a coroutine
+        running on the loop.
         """
-        with self._lock:
-            if self._closed:
-                return
-            if self._thread is not None and threading.current_thread() is self._thread:
-                raise RuntimeError("LoopThread.close() called from its own event loop")
-            self._closed = True
-            loop, thread, finalizer = self._loop, self._thread, self._finalizer
-        if finalizer is not None:
-            finalizer.detach()
-        if loop is not None and thread is not None:
-            _stop_loop(loop, thread, timeout)
+        engine = self._engine
+        if engine.closed:
+            return
+        if engine.inside():
+            raise RuntimeError("LoopThread.close() called from its own event loop")
+        self._finalizer.detach()
+        engine.close(timeout)

@@ -1,8 +1,9 @@
 """DeepExecClient: the blocking facade.
 
-It drives a DeepExecAsyncClient on a private event loop running on its own thread, so it
-works in plain scripts, in threads, and where an event loop is already running (Jupyter).
-Streams are plain iterators. close() stops the loop and joins the thread.
+It drives a DeepExecAsyncClient on a private event loop (see _sync.LoopThread: the calling
+thread runs it when it can, else a helper thread does), so it works in plain scripts, in
+threads, and where an event loop is already running (Jupyter). Streams are plain
+iterators. close() closes the loop and joins the helper thread, if one was started.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class DeepExecClient:
         return f"DeepExecClient(endpoint={self.config.endpoint!r})"
 
     def close(self) -> None:
-        """Close the connections and stop the private event loop thread (idempotent). Calls
+        """Close the connections and the private event loop (idempotent). Calls
         still waiting in other threads raise MCPError at once; submitted jobs go on running
         on the server."""
         if not self._loop.closed:
@@ -154,7 +155,7 @@ class DeepExecClient:
         on_stderr: OutputCallback | None = None,
     ) -> m.CodeExecutionResult:
         """See :meth:`DeepExecAsyncClient.execute_code_and_wait` (callbacks run on the
-        client's loop thread)."""
+        client's private loop: in the calling thread when it runs that loop itself)."""
         return _run(
             self._loop,
             self._async.execute_code_and_wait(
@@ -347,8 +348,8 @@ class DeepExecClient:
         max_wait_time: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> m.JobStatus:
-        """See :meth:`DeepExecAsyncClient.wait_for_job` (``on_progress`` runs on the
-        client's loop thread)."""
+        """See :meth:`DeepExecAsyncClient.wait_for_job` (``on_progress`` runs on
+        the client's private loop: in the calling thread when it runs that loop itself)."""
         return _run(
             self._loop, self._async.wait_for_job(job_id, poll_interval, max_wait_time, on_progress)
         )

@@ -432,7 +432,8 @@ class ScriptedServer:
     and the sync client (on its private loop) talk to it over real sockets.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, keepalive_timeout: float = 75.0) -> None:
+        self.keepalive_timeout = keepalive_timeout  # seconds an idle connection is kept
         self.handlers: dict[tuple[str, str], Handler] = {}
         self.requests: list[Recorded] = []
         self.marks: dict[str, float] = {}
@@ -450,7 +451,12 @@ class ScriptedServer:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
+        self._runner = web.AppRunner(
+            app,
+            shutdown_timeout=0.5,
+            handle_signals=False,
+            keepalive_timeout=self.keepalive_timeout,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

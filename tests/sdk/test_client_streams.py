@@ -375,7 +375,7 @@ async def test_execute_code_stream_yields_output_of_a_stream_it_does_not_know(
 async def test_execute_code_stream_awaits_async_callbacks(
     live: Facade, server: ScriptedServer
 ) -> None:
-    # (the sync client's callbacks run on its loop thread, so coroutines work there too)
+    # (the sync client's callbacks run on its private loop, so coroutines work there too)
     _code_job_server(
         server,
         [

@@ -69,7 +69,9 @@ def test_sync_client_from_the_main_thread(client: DeepExecClient, mock_http: aio
     result = client.execute_code_and_wait("print('Hello, World!')", "python")
 
     assert result.output == "print('Hello, World!')"
-    assert client._loop.thread is not None and client._loop.thread is not threading.current_thread()
+    # the calling thread ran the private loop itself: no hand-off, no helper thread
+    assert client._loop.thread is None
+    assert client._loop.loop is not None and not client._loop.loop.is_running()
 
 
 def test_sync_client_from_a_plain_thread(client: DeepExecClient, mock_http: aioresponses) -> None:
@@ -122,16 +124,25 @@ def test_eight_threads_at_once_each_get_their_own_answer(
     for n, outputs in enumerate(results):
         assert outputs == [f"print({n}, {i})" for i in range(10)]
     assert len(sent(mock_http, "POST", EXECUTE)) == 80
-    assert len(_sync_threads()) >= 1  # one loop thread serves them all
+    # one private loop serves them all: run by a caller, or by the client's one helper thread
+    assert len(_sync_threads()) <= 1
 
 
-def test_one_loop_thread_per_client_and_it_is_joined_on_close(mock_http: aioresponses) -> None:
+def test_one_private_loop_per_client_and_close_leaves_no_thread(mock_http: aioresponses) -> None:
     mock_http.get(HEALTH, payload=example("HealthResponse"), repeat=True)
     before = set(threading.enumerate())
 
     clients = [DeepExecClient(endpoint=BASE, max_retries=0) for _ in range(3)]
     for c in clients:
         c.health()
+    loops = [c._loop.loop for c in clients]
+    assert len({id(loop) for loop in loops}) == 3
+
+    async def from_a_running_loop() -> None:  # as in Jupyter: helper threads run the loops
+        for c in clients:
+            c.health()
+
+    asyncio.run(from_a_running_loop())
     threads = [c._loop.thread for c in clients]
     assert len({id(t) for t in threads}) == 3 and all(t and t.is_alive() for t in threads)
     for c in clients:
@@ -139,6 +150,7 @@ def test_one_loop_thread_per_client_and_it_is_joined_on_close(mock_http: aioresp
         c.close()  # idempotent
 
     assert all(t is not None and not t.is_alive() for t in threads)
+    assert all(loop is not None and loop.is_closed() for loop in loops)
     assert set(threading.enumerate()) <= before
 
 
@@ -161,18 +173,20 @@ def test_close_leaves_no_unclosed_session_or_pending_task(
     server.on_sse("POST", "/v1/generate/stream", [*script, done_event(generation())])
     server.on_json("GET", "/v1/health", (200, example("HealthResponse")))
 
+    before = set(threading.enumerate())
     client = DeepExecClient(endpoint=server.url, max_retries=0)
     assert client.health().status == "ok"
     stream = client.generate_text_stream("Hi")
     for piece in stream:
         if piece == "w1 ":
             break
-    thread = client._loop.thread
+    loop = client._loop.loop
     client.close()
     del client, stream
     gc.collect()
 
-    assert thread is not None and not thread.is_alive()
+    assert loop is not None and loop.is_closed()
+    assert set(threading.enumerate()) <= before
     complaints = [
         r.getMessage()
         for r in caplog.records
@@ -184,12 +198,24 @@ def test_close_leaves_no_unclosed_session_or_pending_task(
 
 
 def test_a_forgotten_client_is_closed_when_collected(mock_http: aioresponses) -> None:
-    mock_http.get(HEALTH, payload=example("HealthResponse"))
+    mock_http.get(HEALTH, payload=example("HealthResponse"), repeat=True)
     client = DeepExecClient(endpoint=BASE, max_retries=0)
     client.health()
-    thread = client._loop.thread
+    loop = client._loop.loop
 
     del client
+    gc.collect()
+
+    assert loop is not None and loop.is_closed()
+
+    second = DeepExecClient(endpoint=BASE, max_retries=0)
+
+    async def from_a_running_loop(c: DeepExecClient) -> None:  # starts the helper thread
+        c.health()
+
+    asyncio.run(from_a_running_loop(second))
+    thread = second._loop.thread
+    del second
     gc.collect()
 
     assert thread is not None
@@ -417,3 +443,20 @@ def test_list_jobs_is_a_plain_iterator(client: DeepExecClient, mock_http: aiores
     rest = list(jobs)
 
     assert [first.job_id, *(j.job_id for j in rest)] == ids
+
+
+def test_a_connection_the_server_closed_between_calls_is_not_reused() -> None:
+    """The server drops idle keep-alive connections quickly (as uvicorn's 5 s do); between
+    two calls no loop runs in the client. The next POST, which is never retried, must see
+    the close and take a new connection instead of failing on the dead one."""
+    scripted = ScriptedServer(keepalive_timeout=0.05)
+    scripted.start()
+    try:
+        scripted.on_json("POST", "/v1/execute", (200, example("CodeExecutionResponse")))
+        with DeepExecClient(endpoint=scripted.url, max_retries=0) as client:
+            for _ in range(5):
+                assert client.execute_code_and_wait("print(1)", "python", check=False)
+                time.sleep(0.2)  # the server closes the idle connection meanwhile
+        assert len(scripted.requests) == 5
+    finally:
+        scripted.stop()

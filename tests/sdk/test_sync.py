@@ -1,4 +1,4 @@
-"""LoopThread: a private event loop on a daemon thread for the sync client."""
+"""LoopThread: the sync client's private event loop, run by the caller or a helper thread."""
 
 from __future__ import annotations
 
@@ -52,12 +52,16 @@ async def where() -> tuple[str, asyncio.AbstractEventLoop]:
 # --------------------------------------------------------------------------- run
 
 
-def test_run_from_plain_thread_uses_private_loop_thread(lt: LoopThread, name: str) -> None:
-    assert lt.thread is None  # started lazily
+def test_run_from_plain_thread_runs_the_private_loop_in_that_thread(lt: LoopThread) -> None:
+    """No hand-off: a thread without an event loop runs the private loop itself."""
     thread_name, loop = lt.run(where())
-    assert thread_name == name
-    assert lt.thread is not None and lt.thread.daemon
+    assert thread_name == threading.current_thread().name
+    assert loop is lt.loop
     assert lt.run(where())[1] is loop  # the same loop every time
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # and from another thread
+        other_name, other_loop = pool.submit(lt.run, where()).result(10)
+    assert other_name != thread_name and other_loop is loop
+    assert lt.thread is None  # no helper thread was needed
 
 
 def test_run_returns_result_and_propagates_exceptions(lt: LoopThread) -> None:
@@ -78,8 +82,9 @@ async def test_run_inside_a_running_event_loop(lt: LoopThread, name: str) -> Non
     """As in a Jupyter cell: the caller's own loop is running in this thread."""
     caller_loop = asyncio.get_running_loop()
     thread_name, loop = lt.run(where())
-    assert thread_name == name
-    assert loop is not caller_loop
+    assert thread_name == name  # a loop can not run in this thread: the helper runs it
+    assert loop is not caller_loop and loop is lt.loop
+    assert lt.thread is not None and lt.thread.daemon
     assert lt.run(asyncio.sleep(0.01, result="done")) == "done"
 
 
@@ -107,8 +112,9 @@ def test_run_from_eight_threads_concurrently(name: str, caplog: pytest.LogCaptur
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(worker, range(8)))
-    assert results == [(i, name) for i in range(8)]
-    assert len(loop_threads(name)) == 1  # one loop thread despite the race
+    # one loop for all: each ran in its caller's thread or in the one helper thread
+    assert sorted(i for i, _ in results) == list(range(8))
+    assert len(loop_threads(name)) <= 1
     lt.close()
     assert loop_threads(name) == []
     assert [r for r in caplog.records if r.name == "asyncio"] == []
@@ -183,7 +189,7 @@ def test_coroutine_cancelled_before_it_starts_is_closed(lt: LoopThread) -> None:
 # --------------------------------------------------------------------------- iterate
 
 
-def test_iterate_yields_all_items_on_the_loop_thread(lt: LoopThread, name: str) -> None:
+def test_iterate_yields_all_items_on_the_private_loop(lt: LoopThread) -> None:
     threads: list[str] = []
 
     async def numbers(n: int) -> AsyncIterator[int]:
@@ -193,11 +199,12 @@ def test_iterate_yields_all_items_on_the_loop_thread(lt: LoopThread, name: str) 
             yield i
 
     def factory() -> AsyncIterator[int]:
-        threads.append(threading.current_thread().name)  # factory runs on the loop too
+        assert asyncio.get_running_loop() is lt.loop  # the factory runs on the loop too
+        threads.append(threading.current_thread().name)
         return numbers(5)
 
     assert list(lt.iterate(factory)) == [0, 1, 2, 3, 4]
-    assert set(threads) == {name}
+    assert set(threads) == {threading.current_thread().name}
 
 
 def test_iterate_early_break_acloses_the_async_side(lt: LoopThread) -> None:
@@ -302,9 +309,18 @@ def test_close_while_iterating_finalizes_async_generator(lt: LoopThread, name: s
 # --------------------------------------------------------------------------- close
 
 
+def _start_helper(lt: LoopThread) -> None:
+    """Run a call from a thread whose own event loop runs: the helper thread runs it."""
+
+    async def from_a_running_loop() -> None:
+        lt.run(asyncio.sleep(0))
+
+    asyncio.run(from_a_running_loop())
+
+
 def test_close_joins_thread_and_is_idempotent(name: str) -> None:
     lt = LoopThread(name=name)
-    lt.run(asyncio.sleep(0))
+    _start_helper(lt)
     thread = lt.thread
     assert thread is not None and thread.is_alive()
     lt.close()
@@ -365,7 +381,7 @@ def test_close_cancels_work_running_in_other_threads(
 
 def test_unreferenced_loop_thread_is_stopped_by_gc(name: str) -> None:
     lt = LoopThread(name=name)
-    lt.run(asyncio.sleep(0))
+    _start_helper(lt)
     thread = lt.thread
     assert thread is not None
     del lt
@@ -397,26 +413,80 @@ def test_no_unclosed_warnings_with_real_aiohttp_session(name: str) -> None:
 
 
 def test_caller_is_woken_while_the_loop_never_waits(lt: LoopThread) -> None:
-    """The loop thread wakes a caller at its next select; a loop kept busy by another task
-    (never blocking) still selects, with a zero timeout, on every iteration."""
+    """The helper thread wakes a caller at its next select; a loop kept busy by a task that
+    never blocks still selects, with a zero timeout, on every iteration."""
     spinning = threading.Event()
     stop = False
 
-    def spin() -> None:  # always one more callback ready: every select has a zero timeout
-        spinning.set()
-        if not stop:
-            asyncio.get_running_loop().call_soon(spin)
+    async def spin() -> None:  # always ready again: every select has a zero timeout
+        while not stop:
+            spinning.set()
+            await asyncio.sleep(0)
 
     async def start_spinning() -> None:
-        asyncio.get_running_loop().call_soon(spin)
+        asyncio.get_running_loop().create_task(spin())
 
-    lt.run(start_spinning())
+    lt.run(start_spinning())  # the task outlives the call: the helper thread runs it
     assert spinning.wait(10)
+    assert lt.thread is not None
     try:
-        for i in range(50):
+        for i in range(50):  # handed to the helper thread, which never waits
             assert lt.run(asyncio.sleep(0, result=i), timeout=10) == i
     finally:
         stop = True
+
+
+def test_tasks_a_call_left_behind_go_on_between_calls(lt: LoopThread) -> None:
+    """A task a call spawned runs on after the call returned (the helper thread runs the
+    loop), and the next call from a plain thread runs the loop itself again."""
+    done = threading.Event()
+
+    async def later() -> None:
+        await asyncio.sleep(0.05)
+        done.set()
+
+    async def spawn() -> str:
+        asyncio.get_running_loop().create_task(later())
+        return "spawned"
+
+    assert lt.run(spawn()) == "spawned"
+    assert done.wait(10)  # no call ran the loop meanwhile
+    assert lt.thread is not None and lt.thread.is_alive()
+    deadline = time.monotonic() + 10
+    while True:  # the helper parks the loop once idle; calls then run it themselves
+        name, _ = lt.run(where())
+        if name == threading.current_thread().name or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert name == threading.current_thread().name
+
+
+def test_connection_closed_while_parked_is_seen_before_the_next_call(lt: LoopThread) -> None:
+    """A peer that closed an idle connection while no call ran the loop: the next call sees
+    the close before it looks at the connection (what a pooled HTTP connection needs)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    transports: list[asyncio.BaseTransport] = []
+
+    async def connect() -> None:
+        # a plain protocol closes its transport at EOF, as aiohttp's client protocol does
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port
+        )
+        transports.append(transport)
+
+    lt.run(connect())
+    peer, _ = listener.accept()
+    peer.close()  # while the loop is parked
+    listener.close()
+    time.sleep(0.05)
+
+    async def closing() -> bool:  # what aiohttp asks of a pooled connection
+        return transports[0].is_closing()
+
+    assert lt.run(closing())
 
 
 def test_task_cancelled_before_its_first_step_wakes_its_caller() -> None:
@@ -492,3 +562,52 @@ def test_results_and_errors_cross_over_from_many_threads(lt: LoopThread) -> None
         results = list(pool.map(worker, range(0, 800, 200)))
     flat = [x for chunk in results for x in chunk]
     assert flat == [("error", i) if i % 7 == 0 else i for i in range(800)]
+
+
+def test_a_call_handed_to_a_caller_outlives_that_callers_run(lt: LoopThread) -> None:
+    """Thread B's call is handed to thread A, which runs the loop; A's own call ends first.
+    A gives the loop to the helper thread, which finishes B's call."""
+    b_started = threading.Event()
+    a_running = threading.Event()
+
+    async def a_call() -> str:
+        a_running.set()
+        while not b_started.is_set():  # noqa: ASYNC110 - set from another thread
+            await asyncio.sleep(0.005)
+        return "a"
+
+    async def b_call() -> tuple[str, str]:
+        b_started.set()
+        first = threading.current_thread().name
+        await asyncio.sleep(0.2)  # A returns meanwhile
+        return first, threading.current_thread().name
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        a = pool.submit(lt.run, a_call())
+        assert a_running.wait(10)
+        b = pool.submit(lt.run, b_call())
+        assert a.result(10) == "a"
+        began, ended = b.result(10)
+    assert lt.thread is not None
+    assert began != ended == lt.thread.name  # begun in A's run, ended by the helper
+
+
+def test_cleanup_longer_than_the_grace_goes_on_after_the_timeout(name: str) -> None:
+    lt = LoopThread(name=name, cancel_grace=0.05)
+    done = threading.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # longer than the grace
+            done.set()
+            raise
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        lt.run(stubborn(), timeout=0.05)
+    assert time.monotonic() - started < 0.3  # did not wait for the whole cleanup
+    assert done.wait(10)  # the helper thread ran the rest of it
+    lt.close()
+    assert loop_threads(name) == []
