@@ -39,19 +39,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "generated"))
 sys.path.insert(0, str(ROOT))
 
+from deepexec_protocol.constants import PROTOCOL_VERSION  # noqa: E402 - after the path
+
 TARGETS = {"async_vs_raw": 1.10, "sync_vs_async": 1.3, "import": 2.0}
 
 CODE = "print('Hello, World!')"
 REQUEST = orjson.dumps(
     {
-        "protocol_version": "2024.1",
+        "protocol_version": PROTOCOL_VERSION,
         "type": "code_execution",
         "input": {"code": CODE, "language": "python"},
     }
 )
 RESPONSE = orjson.dumps(
     {
-        "protocol_version": "2024.1",
+        "protocol_version": PROTOCOL_VERSION,
         "type": "code_execution_response",
         "session_id": None,
         "status": "success",
@@ -74,13 +76,13 @@ RESPONSE = orjson.dumps(
 )
 HEALTH = orjson.dumps(
     {
-        "protocol_version": "2024.1",
+        "protocol_version": PROTOCOL_VERSION,
         "type": "health_response",
         "status": "success",
         "output": {
             "status": "ok",
             "version": "0.1.0",
-            "protocol_version": "2024.1",
+            "protocol_version": PROTOCOL_VERSION,
             "uptime": 1.0,
             "sandbox_backend": "local",
             "text_generation_available": False,

@@ -167,6 +167,12 @@ def check_version(version: object, status: int, request_id: str | None) -> None:
         )
 
 
+#: protocol versions found compatible (this SDK's, and the MINOR versions servers answered
+#: with), so that check_version parses a version once
+_COMPATIBLE: set[str] = {PROTOCOL_VERSION}
+_COMPATIBLE_MAX = 16
+
+
 def decode_envelope(
     body: bytes, status: int, headers: Mapping[str, str], content_type: str, model: type[T]
 ) -> T:
@@ -202,8 +208,11 @@ def _decode(
             request_id=request_id,
         )
     version = data.get("protocol_version")
-    if version != PROTOCOL_VERSION:  # the same version needs no parsing (hot path)
+    # a version seen compatible before needs no parsing (hot path)
+    if version.__class__ is not str or version not in _COMPATIBLE:
         check_version(version, status, request_id)
+        if isinstance(version, str) and len(_COMPATIBLE) < _COMPATIBLE_MAX:
+            _COMPATIBLE.add(version)
     try:
         envelope: Any = structure(data, model)
     except StructureError as exc:

@@ -158,10 +158,23 @@ async def test_versions_other_than_the_sdks_are_still_checked(
     assert VERSION.startswith("2024.")
     answer = {**success_example("HealthResponse"), "protocol_version": version}
     with aioresponses() as mocked:
-        mocked.get(f"{BASE}/v1/health", payload=answer)
-        with pytest.raises(errors.MCPError) as raised:
-            await api.health.asyncio(session, BASE)
-    assert type(raised.value) is error
+        mocked.get(f"{BASE}/v1/health", payload=answer, repeat=True)
+        for _ in range(2):  # a refused version is never remembered as compatible
+            with pytest.raises(errors.MCPError) as raised:
+                await api.health.asyncio(session, BASE)
+            assert type(raised.value) is error
+
+
+async def test_an_earlier_minor_version_is_accepted_every_time(
+    session: aiohttp.ClientSession,
+) -> None:
+    older = VERSION.split(".")[0] + ".0"
+    assert older != VERSION
+    answer = {**success_example("HealthResponse"), "protocol_version": older}
+    with aioresponses() as mocked:
+        mocked.get(f"{BASE}/v1/health", payload=answer, repeat=True)
+        for _ in range(3):  # parsed once, then remembered
+            assert isinstance(await api.health.asyncio(session, BASE), models.HealthInfo)
 
 
 # --------------------------------------------------------------------------- patterns

@@ -315,9 +315,30 @@ async def test_one_idempotency_key_reused_across_attempts() -> None:
 def test_new_idempotency_key_is_unique_uuid() -> None:
     import uuid
 
-    keys = {new_idempotency_key() for _ in range(1000)}
+    keys = {new_idempotency_key() for _ in range(1000)}  # several batches
     assert len(keys) == 1000
-    assert all(uuid.UUID(k).version == 4 for k in keys)
+    for k in keys:
+        parsed = uuid.UUID(k)
+        assert str(parsed) == k and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_forked_child_never_sends_its_parents_next_keys() -> None:
+    import os
+
+    new_idempotency_key()  # a batch is made, and most of it is left for later
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next keys
+        try:
+            os.write(write_end, ",".join(new_idempotency_key() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_keys = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    parent_keys = {new_idempotency_key() for _ in range(3)}
+    assert len(child_keys) == 3 and child_keys.isdisjoint(parent_keys)
 
 
 # --------------------------------------------------------------------------- hooks & logs
