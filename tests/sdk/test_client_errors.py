@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 from deepexec_protocol.constants import ERROR_CODES
 
@@ -36,6 +38,7 @@ from .conftest import (
     JOB_ID,
     SECRETS,
     Facade,
+    ScriptedServer,
     err,
     example,
     execution,
@@ -581,3 +584,34 @@ async def test_a_piece_of_a_key_quoted_by_the_http_layer_is_masked_in_errors_and
     for text in texts:
         for piece in [*_pieces(API_KEY), *_pieces(team_token)]:
             assert piece not in text, (piece, text)
+
+
+async def test_an_answer_cut_off_mid_body_raises_connection_error_and_the_next_call_works(
+    live: Facade, server: ScriptedServer
+) -> None:
+    """The server promises a body and closes the connection halfway (a crash, a proxy
+    timeout): MCPConnectionError, and the broken connection is not used again."""
+    whole = orjson.dumps(example("CodeExecutionResponse"))
+    cut = [True]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not cut[0]:
+            return web.Response(body=whole, content_type="application/json")
+        cut[0] = False
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(whole)
+        await response.prepare(request)
+        await response.write(whole[: len(whole) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    server.on("POST", "/v1/execute", handler)
+
+    with pytest.raises(MCPConnectionError):
+        await live("execute_code_and_wait", "print(1)", "python")
+    result = await live("execute_code_and_wait", "print(1)", "python", check=False)
+
+    assert result.exit_code == example("CodeExecutionResponse")["output"]["exit_code"]
+    assert len(server.requests) == 2
