@@ -13,8 +13,10 @@ loop changes from call to call:
   runs the loop, and blocks until the result is ready.
 * A helper daemon thread, started the first time it is needed, runs the loop while work
   is left on it and no caller runs it: a call handed over as above, or tasks a call left
-  behind (a stream being closed, a job being cancelled). It parks again once the loop is
-  idle.
+  behind (a stream being closed, a job being cancelled). It parks the loop once it is idle;
+  after a call from a thread that runs an event loop, a few milliseconds later, so that
+  calls in a row from a Jupyter cell find it running (a caller that can run the loop
+  itself takes it back at once).
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class _Call:
         "grace",
         "handed",
         "hub",
+        "linger",
         "settled",
         "started",
         "task",
@@ -154,6 +157,7 @@ class _Call:
         self.error: BaseException | None = None
         self.cancelled = False
         self.handed = False  # given to the loop's runner (not run by its caller)
+        self.linger = False  # its caller runs an event loop: the helper waits for the next
         self.driven = False  # its caller runs the loop for it: its end stops the loop
         self.grace: asyncio.TimerHandle | None = None  # the end of a timed-out call's grace
         self.timed_out = False
@@ -290,6 +294,10 @@ _HELPER: Final = "helper"
 #: how often, in seconds, the helper thread looks whether tasks a call left behind ended
 _IDLE_POLL: Final = 0.05
 
+#: how long, in seconds, the helper thread keeps the loop after a call from a thread that
+#: runs an event loop (a Jupyter cell making calls in a row), before it parks it
+_LINGER: Final = 0.005
+
 
 #: loop iterations a caller runs after its call to run the callbacks its call made ready;
 #: callbacks still ready after that are the helper thread's
@@ -330,6 +338,9 @@ class _Engine:
         self.shut = threading.Event()  # set once the loop is closed (or was never made)
         self.stopping = threading.Event()
         self.helper: threading.Thread | None = None
+        self.linger_until = 0.0  # loop time until which the helper keeps the loop when idle
+        self.lingering = False  # the helper keeps the idle loop only for that
+        self.yielding = False  # a caller that can run the loop asks the lingering helper for it
 
     # ------------------------------------------------------------------ roles
 
@@ -350,6 +361,13 @@ class _Engine:
             call.handed = False
             with self.lock:
                 self.handed -= 1
+                if call.linger and self.loop is not None:
+                    # The helper keeps the loop a moment longer (no need to wake its idle
+                    # check), and a caller that can run the loop may take it back at once.
+                    self.linger_until = self.loop.time() + _LINGER
+                    if not self.handed:
+                        self.lingering = True
+                    return
         hub = self.hub
         if hub is not None:
             hub.changed.set()
@@ -372,12 +390,17 @@ class _Engine:
             return True
         return loop is not None and (bool(_ready(loop)) or bool(asyncio.all_tasks(loop)))
 
+    def flush_releases(self) -> None:
+        """Wake the handed callers whose calls settled in the loop's last iteration: the
+        selector wakes them at the next select, and a loop that stopped has none."""
+        hub = self.hub
+        if hub is not None and hub.selector is not None:
+            hub.selector.flush()
+
     def give_up_role(self) -> None:
         """The caller that ran the loop is done with it: park the loop, pass it to the
         helper thread while work is left on it, or close it when close() came meanwhile."""
-        hub = self.hub
-        if hub is not None and hub.selector is not None:
-            hub.selector.flush()  # wake the handed callers settled in the last iteration
+        self.flush_releases()
         with self.lock:
             closing = self.closed
             if not closing:
@@ -475,21 +498,30 @@ class _Engine:
         then it stops the loop."""
         hub = self.hub
         assert hub is not None
+        loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         try:
             while not self.closed:
                 with self.lock:
-                    handed = self.handed
-                if not handed and all(task is me for task in asyncio.all_tasks()):
-                    return
+                    if not self.handed and all(task is me for task in asyncio.all_tasks()):
+                        wait = self.linger_until - loop.time()
+                        if wait <= 0 or self.yielding:
+                            return
+                        self.lingering = True
+                    else:
+                        wait = _IDLE_POLL
+                        self.lingering = False
+                        if self.yielding:  # work came in: the caller hands its call over
+                            self.yielding = False
+                            self.wake.notify_all()
                 hub.changed.clear()
                 try:
-                    async with asyncio.timeout(_IDLE_POLL):
+                    async with asyncio.timeout(wait):
                         await hub.changed.wait()
                 except TimeoutError:
                     pass
         finally:
-            asyncio.get_running_loop().stop()
+            loop.stop()
 
     def serve(self) -> bool:
         """The helper thread's turn: run the loop until it is idle (then park it: True) or
@@ -500,11 +532,14 @@ class _Engine:
             task = loop.create_task(self.until_idle())
             while not task.done():  # a stray loop.stop() only ends one run_forever
                 loop.run_forever()
+            self.flush_releases()
             with self.lock:
                 if self.closed:
                     break
                 if not self.busy():
                     self.driver = None
+                    self.lingering = self.yielding = False
+                    self.wake.notify_all()  # a caller waiting to take the loop back
                     return True
         self.shutdown()
         return False
@@ -659,6 +694,16 @@ class LoopThread:
                 coro.close()
                 raise RuntimeError("LoopThread is closed")
             loop, hub = engine.ensure_loop_locked()
+            if free_thread and engine.driver == _HELPER and engine.lingering:
+                # The helper keeps the idle loop only for calls from an event loop that may
+                # follow: take it back rather than hand this call over.
+                engine.yielding = True
+                loop.call_soon_threadsafe(hub.changed.set)
+                while engine.driver == _HELPER and engine.yielding and not engine.closed:
+                    engine.wake.wait()
+                if engine.closed:
+                    coro.close()
+                    raise RuntimeError("LoopThread is closed")
             call = _Call(coro, hub)
             # the role left behind by an interrupted run of this very thread is free too
             drive = free_thread and engine.driver in (None, me)
@@ -666,6 +711,7 @@ class LoopThread:
                 engine.driver = me
             else:
                 call.handed = True
+                call.linger = not free_thread
                 engine.handed += 1
                 # Submitted under the lock: close() cannot slip in between, so this start()
                 # runs (or the shutdown abandons the call and wakes this caller).

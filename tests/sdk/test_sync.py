@@ -611,3 +611,44 @@ def test_cleanup_longer_than_the_grace_goes_on_after_the_timeout(name: str) -> N
     assert done.wait(10)  # the helper thread ran the rest of it
     lt.close()
     assert loop_threads(name) == []
+
+
+def test_calls_from_a_running_loop_and_from_plain_code_in_turn(lt: LoopThread) -> None:
+    """The helper thread keeps the loop a moment after a call from an event loop, and gives
+    it back to a plain caller at once: calls in turn from both never wait for ever (each
+    has a deadline), every one returns its own result, and every plain call runs the loop
+    in its own thread."""
+
+    async def echo(i: int) -> tuple[int, str]:
+        if i % 3 == 0:
+            await asyncio.sleep(0)
+        return i, threading.current_thread().name
+
+    async def from_a_running_loop(base: int) -> list[int]:
+        return [lt.run(echo(base + i), timeout=10)[0] for i in range(20)]
+
+    me = threading.current_thread().name
+    for round_ in range(40):
+        base = round_ * 100
+        assert asyncio.run(from_a_running_loop(base)) == list(range(base, base + 20))
+        plain = [lt.run(echo(base + 50 + i), timeout=10) for i in range(20)]
+        assert plain == [(base + 50 + i, me) for i in range(20)]
+
+
+def test_a_call_settled_in_the_helpers_last_iteration_still_wakes_its_caller(name: str) -> None:
+    """A caller is woken at the loop's next select; when the helper thread parks the loop
+    right after the iteration in which the call settled, there is no next select: parking
+    wakes it instead (this hung a benchmark once)."""
+    from deepexec_sdk import _sync
+
+    lt = LoopThread(name=name)
+    engine = lt._engine
+    with engine.lock:
+        loop, hub = engine.ensure_loop_locked()
+        engine.driver = _sync._HELPER  # serve() runs in this thread, as the helper's would
+    caller = threading.Lock()
+    caller.acquire()
+    loop.call_soon(hub.release, caller)  # settles in the same iteration as the idle check
+    assert engine.serve()  # idle: parked
+    assert caller.acquire(timeout=5)
+    lt.close()
