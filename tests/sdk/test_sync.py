@@ -652,3 +652,68 @@ def test_a_call_settled_in_the_helpers_last_iteration_still_wakes_its_caller(nam
     assert engine.serve()  # idle: parked
     assert caller.acquire(timeout=5)
     lt.close()
+
+
+def test_plain_threads_event_loop_threads_and_iterators_at_once(name: str) -> None:
+    """Every way of calling, at once: three plain threads, two threads whose event loop
+    runs, one iterating; calls that sleep, yield or leave a task behind. Each call has a
+    deadline; every result comes back to its own caller, and close() leaves no thread."""
+    import random
+
+    lt = LoopThread(name=name)
+    failures: list[object] = []
+
+    async def work(i: int) -> int:
+        r = random.random()
+        if r < 0.3:
+            await asyncio.sleep(random.random() * 0.002)
+        elif r < 0.4:  # a task left behind for a moment
+            asyncio.get_running_loop().create_task(asyncio.sleep(random.random() * 0.01))
+        elif r < 0.5:
+            await asyncio.sleep(0)
+        return i
+
+    def check(i: int) -> None:
+        try:
+            got = lt.run(work(i), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append((i, exc))
+            return
+        if got != i:
+            failures.append((i, got))
+
+    def plain(base: int) -> None:
+        for k in range(300):
+            check(base + k)
+
+    def with_a_running_loop(base: int) -> None:
+        async def body() -> None:
+            for k in range(300):
+                check(base + k)
+                if k % 10 == 0:
+                    await asyncio.sleep(0.001)
+
+        asyncio.run(body())
+
+    def iterating() -> None:
+        async def numbers() -> AsyncIterator[int]:
+            for j in range(10):
+                await asyncio.sleep(0)
+                yield j
+
+        for _ in range(30):
+            got = list(lt.iterate(numbers))
+            if got != list(range(10)):
+                failures.append(("iterate", got))
+
+    workers = [threading.Thread(target=plain, args=(n * 1000,)) for n in range(3)]
+    workers += [threading.Thread(target=with_a_running_loop, args=(n * 1000,)) for n in (3, 4)]
+    workers.append(threading.Thread(target=iterating))
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not any(worker.is_alive() for worker in workers)
+    assert failures == []
+    lt.close()
+    assert loop_threads(name) == []
