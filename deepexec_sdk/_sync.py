@@ -76,8 +76,8 @@ def _release_now(lock: threading.Lock) -> None:
 
 
 class _Hub:
-    """What the calls of one loop share; touched on the loop thread only, except
-    ``stopping``."""
+    """What the calls of one loop share; touched on the loop only (in whichever thread runs
+    it), except ``stopping``."""
 
     __slots__ = ("changed", "inflight", "on_settle", "release", "selector", "stopping")
 
@@ -157,7 +157,7 @@ class _Call:
         self.error: BaseException | None = None
         self.cancelled = False
         self.handed = False  # given to the loop's runner (not run by its caller)
-        self.linger = False  # its caller runs an event loop: the helper waits for the next
+        self.linger = False  # its caller runs an event loop: the helper keeps the loop a while
         self.driven = False  # its caller runs the loop for it: its end stops the loop
         self.grace: asyncio.TimerHandle | None = None  # the end of a timed-out call's grace
         self.timed_out = False
@@ -304,14 +304,14 @@ _LINGER: Final = 0.005
 _FLUSH_ITERATIONS: Final = 3
 
 
+_ALWAYS: Final = (None,)
+
+
 def _ready(loop: asyncio.AbstractEventLoop) -> Sized:
     """The callbacks ready to run on ``loop`` (asyncio's own loops keep them in ``_ready``;
     another loop is taken as always having some, which hands it to the helper thread)."""
     ready: Sized = getattr(loop, "_ready", _ALWAYS)
     return ready
-
-
-_ALWAYS: Final = (None,)
 
 
 class _Engine:
