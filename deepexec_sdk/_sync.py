@@ -181,10 +181,18 @@ class _Call:
         except asyncio.CancelledError:
             self.cancelled = True
             raise
-        except BaseException as exc:
+        except KeyboardInterrupt as exc:
+            if threading.current_thread() is threading.main_thread():
+                # Ctrl-C landed while the main thread, running the loop, ran this call for
+                # another thread: this call is cancelled, and the interrupt is raised again
+                # in the main thread's run of the loop (by a callback: not from a task
+                # whose exception no one would retrieve)
+                self.cancelled = True
+                asyncio.get_running_loop().call_soon(_raise, exc)
+            else:  # raised by the coroutine itself: its caller's
+                self.error = exc
+        except BaseException as exc:  # SystemExit too: its caller's, not the loop runner's
             self.error = exc
-            if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt, SystemExit: the loop's business too, as before
         finally:
             self._settle()
 
@@ -261,6 +269,10 @@ class _Call:
             finally:
                 error = None
         return self.value
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:

@@ -165,6 +165,63 @@ def test_keyboard_interrupt_cancels_the_running_coroutine(lt: LoopThread) -> Non
     assert lt.run(asyncio.sleep(0, result=1)) == 1  # the loop is still healthy
 
 
+def test_ctrl_c_in_a_call_run_for_another_thread_interrupts_only_the_main_thread(
+    lt: LoopThread,
+) -> None:
+    """The main thread runs the loop; a call handed over by another thread runs on it when
+    Ctrl-C lands. The main thread gets the KeyboardInterrupt; the other thread's call is
+    cancelled (it does not get the interrupt)."""
+    assert threading.current_thread() is threading.main_thread()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    started = threading.Event()
+    outcome: list[object] = []
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def interrupted() -> str:
+        assert threading.current_thread() is threading.main_thread()  # run by main's loop
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does; handled in this coroutine
+        for _ in range(100_000):
+            pass
+        return "not interrupted"
+
+    def other() -> None:
+        started.wait(10)
+        try:
+            outcome.append(lt.run(interrupted(), timeout=10))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome.append(type(exc))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        lt.run(forever())
+    thread.join(10)
+    assert outcome == [concurrent.futures.CancelledError]
+    assert lt.run(asyncio.sleep(0, result=1)) == 1  # the loop is still healthy
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_a_coroutine_raising_a_base_exception_hands_it_to_its_caller_only(
+    lt: LoopThread, exc_type: type[BaseException]
+) -> None:
+    """Raised by the coroutine itself, run by the helper thread for a caller whose event
+    loop runs: that caller gets it, and the helper thread goes on serving."""
+
+    async def leave() -> None:
+        raise exc_type()
+
+    async def from_a_running_loop() -> int:
+        with pytest.raises(exc_type):
+            lt.run(leave(), timeout=10)
+        return lt.run(asyncio.sleep(0, result=7), timeout=10)
+
+    assert asyncio.run(from_a_running_loop()) == 7
+    assert lt.thread is not None and lt.thread.is_alive()
+
+
 def test_run_from_own_loop_raises_instead_of_deadlocking(lt: LoopThread) -> None:
     async def nested() -> str:
         async def inner() -> int:
