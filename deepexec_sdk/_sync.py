@@ -275,12 +275,21 @@ def _raise(exc: BaseException) -> None:
     raise exc
 
 
-def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> set[asyncio.Task[Any]]:
+    """Cancel every task of ``loop``; the tasks (close() asks this of a caller's run, on
+    the loop)."""
     tasks = asyncio.all_tasks(loop)
-    if not tasks:
-        return
     for task in tasks:
         task.cancel()
+    return tasks
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every task of ``loop`` and run it until they are done (the loop is not
+    running); report the errors they ended with."""
+    tasks = _cancel_tasks(loop)
+    if not tasks:
+        return
     loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
@@ -291,12 +300,6 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
                     "task": task,
                 }
             )
-
-
-def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel every task of ``loop`` (on the loop; close() asks this of a caller's run)."""
-    for task in asyncio.all_tasks(loop):
-        task.cancel()
 
 
 #: the helper thread runs the loop (otherwise ``_Engine.driver`` is a caller's thread id,

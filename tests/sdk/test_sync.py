@@ -138,10 +138,14 @@ def test_timeout_cancels_the_coroutine_before_returning(lt: LoopThread) -> None:
     assert events == ["cancelled"]  # cleanup finished before run() returned
 
 
-def test_keyboard_interrupt_cancels_the_running_coroutine(lt: LoopThread) -> None:
-    # KeyboardInterrupt reaches the main thread only, through Python's default handler
+def _ctrl_c_reaches_this_thread() -> None:
+    """KeyboardInterrupt reaches the main thread only, through Python's default handler."""
     assert threading.current_thread() is threading.main_thread()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_keyboard_interrupt_cancels_the_running_coroutine(lt: LoopThread) -> None:
+    _ctrl_c_reaches_this_thread()
     started = threading.Event()
     events: list[str] = []
 
@@ -171,8 +175,7 @@ def test_ctrl_c_in_a_call_run_for_another_thread_interrupts_only_the_main_thread
     """The main thread runs the loop; a call handed over by another thread runs on it when
     Ctrl-C lands. The main thread gets the KeyboardInterrupt; the other thread's call is
     cancelled (it does not get the interrupt)."""
-    assert threading.current_thread() is threading.main_thread()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _ctrl_c_reaches_this_thread()
     started = threading.Event()
     outcome: list[object] = []
 
