@@ -19,7 +19,9 @@ long-lived helper thread that does nothing else. For each namespace it unshares 
 network namespace, takes a descriptor of the new one, brings its loopback up and
 moves itself back to the host's namespace (``setns``) before answering; should that
 ever fail, the helper ends (with it, its hold on that namespace) and a fresh one
-serves the next request. A thread started for every namespace (as before) cost about
+serves the next request. Every request is answered; a caller that gets no answer within
+``REPLY_TIMEOUT`` seconds raises OSError, and the local backend then lets bubblewrap make
+the namespaces. A thread started for every namespace (as before) cost about
 0.1 ms of CPU more per sandbox here.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import queue
@@ -68,6 +71,9 @@ def _unshare() -> int:
     return fd
 
 
+#: seconds new_netns waits for the helper thread's answer before it gives up
+REPLY_TIMEOUT = 30.0
+
 #: requests to the helper thread: the queue each answer goes to
 _requests: queue.SimpleQueue[queue.SimpleQueue[int | BaseException]] = queue.SimpleQueue()
 _helper_lock = threading.Lock()
@@ -75,10 +81,12 @@ _helper: threading.Thread | None = None
 
 
 def _serve() -> None:
-    """The helper thread: a namespace per request, back home after each."""
+    """The helper thread: a namespace per request, back home after each. Every request
+    gets an answer, whatever fails (a descriptor, the namespace, the way back)."""
     while True:
         reply = _requests.get()
         result: int | BaseException
+        back = True
         try:
             # /proc/self is the main thread's: the host's network namespace
             home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -89,9 +97,13 @@ def _serve() -> None:
             result = _unshare()
         except BaseException as exc:
             result = exc
-        back = _libc.setns(home, CLONE_NEWNET) == 0
-        os.close(home)
-        reply.put(result)
+        finally:
+            back = _libc.setns(home, CLONE_NEWNET) == 0
+            try:
+                os.close(home)
+            except OSError:
+                pass
+            reply.put(result)
         if not back:  # cannot happen as root; this thread must not live on elsewhere
             return
 
@@ -113,11 +125,19 @@ def new_netns() -> int:
     _ensure_helper()
     reply: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
     _requests.put(reply)
+    waited = 0.0
     while True:
         try:
             result = reply.get(timeout=1.0)
             break
         except queue.Empty:
+            waited += 1.0
+            if waited >= REPLY_TIMEOUT:
+                # a namespace takes milliseconds: rather a clear error (the caller then
+                # lets bubblewrap make them) than a worker thread waiting for ever
+                raise OSError(
+                    errno.ETIMEDOUT, f"no network namespace made within {REPLY_TIMEOUT:g} s"
+                ) from None
             _ensure_helper()  # it ended (see _serve) with this request still queued
     if isinstance(result, BaseException):
         raise result

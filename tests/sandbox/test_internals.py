@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import os
+import queue
 import stat
 import struct
 import subprocess
@@ -260,3 +261,51 @@ def test_no_thread_of_the_server_stays_in_a_prepared_network_namespace() -> None
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_the_namespace_helper_answers_and_lives_on_when_closing_a_descriptor_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing its descriptor of the host's namespace fails once (as when another thread
+    closed that number already): the request is still answered, and the next one too."""
+    from deepexec_server.sandbox import netns
+
+    failed: list[int] = []
+
+    class FlakyOs:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def close(fd: int) -> None:
+            os.close(fd)
+            if not failed:
+                failed.append(fd)
+                raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(netns, "os", FlakyOs())
+    first = new_netns()
+    second = new_netns()
+    try:
+        assert failed
+        host = os.readlink("/proc/self/ns/net")
+        made = {os.readlink(f"/proc/self/fd/{fd}") for fd in (first, second)}
+        assert len(made) == 2 and host not in made
+    finally:
+        os.close(first)
+        os.close(second)
+
+
+def test_new_netns_gives_up_with_a_clear_error_when_no_answer_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deepexec_server.sandbox import netns
+
+    monkeypatch.setattr(netns, "REPLY_TIMEOUT", 1.0)
+    monkeypatch.setattr(netns, "_requests", queue.SimpleQueue())  # no helper serves it
+    monkeypatch.setattr(netns, "_ensure_helper", lambda: None)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="no network namespace made within 1 s") as raised:
+        new_netns()
+    assert raised.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - started < 10
